@@ -1,0 +1,60 @@
+"""turbo-export: convert a model's components to ONNX and OpenVINO IR, check them against PyTorch, write a manifest."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from turbo_runtime.cli import cli_errors, setup_logging
+from turbo_runtime.spec import FAMILIES, FORMATS, PRECISIONS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="turbo-export", description=__doc__)
+    p.add_argument("model", metavar="MODEL", help="hub id in models.lock, diffusers folder, or replica (tiny-sd-turbo, ...)")
+    p.add_argument("--out", type=Path, help="artifacts folder (default: in the cache, keyed by model, shape, precision)")
+    p.add_argument("--format", nargs="+", default=None, metavar="FMT", help=f"{' '.join(FORMATS)} (default: both)")
+    p.add_argument("--precision", default="fp32", metavar="P", help=f"{' | '.join(PRECISIONS)} (default fp32)")
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--force", action="store_true", help="replace an --out folder that holds something else")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (can run code)")
+    p.add_argument("--update-lock", action="store_true", help="resolve MODEL on the hub and write its models.lock entry")
+    p.add_argument("--family", choices=list(FAMILIES), help="with --update-lock: family of a new entry")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, only errors and the artifacts path")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    if args.update_lock:
+        from export.sources import update_lock
+
+        entry = update_lock(args.model, family=args.family)
+        print(f"models.lock: {args.model} at {entry['revision']} ({len(entry['files'])} files pinned)")
+        return 0
+    from export.exporter import ExportConfig, export_model
+
+    formats = tuple(args.format) if args.format else (("openvino",) if args.precision == "int8" else FORMATS)
+    config = ExportConfig(
+        args.model,
+        out=args.out,
+        formats=formats,
+        precision=args.precision,
+        height=args.height,
+        width=args.width,
+        force=args.force,
+        allow_pickle=args.allow_pickle,
+        quiet=args.quiet,
+    )
+    out = export_model(config)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""turbo-export's work: resolve the source, trace every component, check it, write artifacts atomically."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from turbo_runtime.artifacts import FORMAT_VERSION, MANIFEST, Artifacts
+from turbo_runtime.errors import ArtifactError, InputError, MissingDependency, TurboError
+from turbo_runtime.files import cache_root, sha256_files
+from turbo_runtime.spec import FORMATS, PRECISIONS, check_size, component_io
+
+log = logging.getLogger(__name__)
+
+CHECK_PROMPT = "a photograph of an astronaut riding a horse"
+_EXPORT_EXTRA = 'pip install "turbo-runtime[export]"'
+_FORMAT_PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model: str
+    out: Path | None = None  # default: a folder in the cache keyed by model, shape and precision
+    formats: tuple[str, ...] = FORMATS
+    precision: str = "fp32"
+    height: int = 512
+    width: int = 512
+    force: bool = False  # replace an output folder that holds something other than artifacts
+    allow_pickle: bool = False
+    quiet: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def check_config(config: ExportConfig) -> None:
+    check_size(config.height, config.width)
+    unknown = [f for f in config.formats if f not in FORMATS]
+    if unknown:
+        raise InputError(f"unknown format {unknown[0]!r}; choose from: {', '.join(FORMATS)}")
+    if config.precision not in PRECISIONS:
+        raise InputError(f"unknown precision {config.precision!r}; choose from: {', '.join(PRECISIONS)}")
+    if config.precision == "int8" and "onnx" in config.formats:
+        raise InputError("int8 weight compression is made for OpenVINO only; use --format openvino")
+
+
+def _require(*modules: str) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise MissingDependency(f"turbo-export needs the {name} package: {_EXPORT_EXTRA}") from None
+
+
+def default_out(model: str, height: int, width: int, precision: str) -> Path:
+    slug = model.strip("/").replace("/", "--") if not Path(model).is_dir() else Path(model).resolve().name
+    return cache_root() / "artifacts" / slug / f"{height}x{width}-{precision}"
+
+
+def _component_precision(component: str, fmt: str, precision: str) -> str:
+    # SD 2.x and SDXL VAEs overflow in float16 activations: the fp16 ONNX graph keeps the VAE in fp32.
+    if fmt == "onnx" and precision == "fp16" and component.startswith("vae"):
+        return "fp32"
+    return precision
+
+
+def _reusable(out: Path, source_hash: str, config: ExportConfig) -> bool:
+    """Existing artifacts from the same source, shape and precision, with every requested format, intact."""
+    try:
+        art = Artifacts.load(out)
+        m = art.manifest
+        same = (
+            m["model"]["source_hash"] == source_hash
+            and (m["height"], m["width"], m["precision"]) == (config.height, config.width, config.precision)
+            and set(config.formats) <= set(m["formats"])
+        )
+        if same:
+            for fmt in config.formats:
+                art.verify(fmt)
+        return same
+    except (TurboError, KeyError):
+        return False
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("turbo-runtime", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "openvino", "nncf"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _save_tokenizer(tok, dest: Path) -> None:
+    """One tokenizer.json (HF fast format) with truncation and padding to the model length built in."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    backend.enable_truncation(max_length=tok.model_max_length)
+    backend.enable_padding(length=tok.model_max_length, pad_id=tok.pad_token_id, pad_token=tok.pad_token)
+    dest.mkdir(parents=True)
+    backend.save(str(dest / "tokenizer.json"))
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Swap the finished folder into place; the old one is moved aside first, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(config: ExportConfig) -> Path:
+    """Export `config.model`; returns the artifacts folder (reused when source, shape and precision match)."""
+    check_config(config)
+    _require("torch", "diffusers", "transformers")
+    for fmt in config.formats:
+        _require(*_FORMAT_PACKAGES[fmt])
+    if config.precision == "int8":
+        _require("nncf")
+    from export.sources import resolve
+
+    source = resolve(config.model, allow_pickle=config.allow_pickle)
+    out = Path(config.out or default_out(config.model, config.height, config.width, config.precision))
+    out = out.expanduser().resolve()
+    if _reusable(out, source.source_hash, config):
+        log.info("reusing artifacts in %s (same source, shape and precision)", out)
+        return out
+    if out.exists() and not (out / MANIFEST).is_file():
+        if not out.is_dir() or (any(out.iterdir()) and not config.force):
+            raise ArtifactError(f"{out} exists and does not hold turbo-runtime artifacts; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by an interrupted export
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        manifest = _export_into(tmp, source, config)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _install(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _export_into(tmp: Path, source, config: ExportConfig) -> dict:
+    import numpy as np
+    from tqdm import tqdm
+
+    from export.to_onnx import export_onnx
+    from export.to_openvino import export_openvino
+    from export.verify import check_component, example_inputs
+    from export.wrappers import load_model
+
+    family = source.family
+    model = load_model(source.path, family, source.variant)
+    io = component_io(family, model.dims, config.height, config.width)
+    for name, tok in model.tokenizers.items():
+        _save_tokenizer(tok, tmp / name)
+    ids = np.asarray([model.tokenizers["tokenizer"](CHECK_PROMPT, padding="max_length", truncation=True).input_ids])
+    components: dict[str, dict] = {}
+    steps = [(c, f) for c in family.components for f in config.formats]
+    with tqdm(total=len(steps), desc="export", unit="step", disable=config.quiet, leave=False) as bar:
+        for component in family.components:
+            module, cio = model.modules[component], io[component]
+            example = example_inputs(cio, ids, config.height, config.width)
+            files, paths, precision = {}, {}, {}
+            for fmt in config.formats:
+                bar.set_description(f"{component}: {fmt}")
+                precision[fmt] = _component_precision(component, fmt, config.precision)
+                if fmt == "onnx":
+                    written = export_onnx(module, example, cio, tmp / "onnx" / component, precision[fmt] == "fp16")
+                else:
+                    written = export_openvino(module, example, cio, tmp / "openvino" / f"{component}.xml", precision[fmt])
+                files[fmt] = [str(p.relative_to(tmp)) for p in written]
+                paths[fmt] = written[0]
+                bar.update(1)
+            bar.set_description(f"{component}: check")
+            parity = check_component(component, module, example, cio, paths, precision)
+            components[component] = {
+                "inputs": [t.to_dict() for t in cio.inputs],
+                "outputs": [t.to_dict() for t in cio.outputs],
+                "files": files,
+                "precision": precision,
+                "parity": parity,
+            }
+    all_files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    return {
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": source.to_dict(),
+        "family": family.name,
+        "height": config.height,
+        "width": config.width,
+        "batch": 1,
+        "precision": config.precision,
+        "formats": list(config.formats),
+        "dims": model.dims.to_dict(),
+        "scheduler": model.scheduler_config,
+        "tokenizers": list(family.tokenizers),
+        "components": components,
+        "tools": _tool_versions(),
+        "files": dict(zip(all_files, sha256_files([tmp / f for f in all_files]))),
+    }

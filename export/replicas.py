@@ -1,0 +1,280 @@
+"""Built-in replicas: the seed models' component classes with random weights, saved in diffusers format.
+
+`tiny-*` shrink every component to a few channels and layers (built in seconds) for tests and the offline demo;
+`*-arch` use the published configurations at full size for benchmarks. Weights are deterministic from a seed,
+so a replica's files, and hence its source hash, are the same on every machine. Their images are noise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from turbo_runtime.files import cache_root
+
+log = logging.getLogger(__name__)
+
+# Bump when a replica's construction changes, so cached copies are rebuilt.
+REPLICA_VERSION = 1
+SEED = 0
+
+_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    prediction_type="epsilon",
+    steps_offset=1,
+    timestep_spacing="trailing",
+)
+
+
+def _byte_chars() -> list[str]:
+    """The 256 printable stand-ins for bytes that byte-level BPE (GPT-2, CLIP) uses."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
+# A few merges so that tokenization exercises real BPE, not only single bytes.
+_MERGES = [("r", "e"), ("re", "d</w>"), ("f", "o"), ("fo", "x</w>"), ("t", "h"), ("th", "e</w>"), ("i", "n</w>")]
+
+
+def make_tokenizer(pad_token: str):
+    """A CLIP tokenizer with a byte-level vocabulary of about 520 entries, generated here."""
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    for suffix in ("", "</w>"):
+        for c in _byte_chars():
+            vocab[c + suffix] = len(vocab)
+    for a, b in _MERGES:
+        vocab[a + b] = len(vocab)
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    tok = CLIPTokenizer(vocab=vocab, merges=_MERGES, pad_token=pad_token, model_max_length=77)
+    return tok
+
+
+def _text_config(tok, **kw):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=kw.pop("vocab_size", len(tok)),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        max_position_embeddings=77,
+        **kw,
+    )
+
+
+def _vae(tiny: bool, scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    if tiny:
+        # Four blocks keep the real 8x down-sampling; channels are tiny.
+        return AutoencoderKL(
+            block_out_channels=(16, 32, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1,
+            norm_num_groups=8,
+            latent_channels=4,
+            sample_size=64,
+            scaling_factor=scaling_factor,
+        )
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        scaling_factor=scaling_factor,
+    )
+
+
+def _sd_turbo(tiny: bool):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tok = make_tokenizer(pad_token="!")
+    if tiny:
+        text = _text_config(
+            tok, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, hidden_act="gelu"
+        )
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=(2, 4),
+            cross_attention_dim=32,
+            use_linear_projection=True,
+            norm_num_groups=16,
+            sample_size=64,
+        )
+    else:
+        text = _text_config(
+            tok,
+            vocab_size=49408,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_attention_heads=16,
+            num_hidden_layers=23,
+            hidden_act="gelu",
+            projection_dim=512,
+        )
+        unet = UNet2DConditionModel(
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            attention_head_dim=(5, 10, 20, 20),
+            cross_attention_dim=1024,
+            use_linear_projection=True,
+            sample_size=64,
+        )
+    return StableDiffusionPipeline(
+        vae=_vae(tiny, 0.18215),
+        text_encoder=CLIPTextModel(text),
+        tokenizer=tok,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _sdxl_turbo(tiny: bool):
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tok = make_tokenizer(pad_token="<|endoftext|>")
+    tok_2 = make_tokenizer(pad_token="!")
+    if tiny:
+        # Two encoders of different widths, so a swapped concatenation cannot go unnoticed.
+        text = _text_config(
+            tok, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, hidden_act="gelu"
+        )
+        text_2 = _text_config(
+            tok_2,
+            hidden_size=48,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=3,
+            hidden_act="gelu",
+            projection_dim=32,
+        )
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            transformer_layers_per_block=(1, 2),
+            cross_attention_dim=80,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+            use_linear_projection=True,
+            norm_num_groups=16,
+            sample_size=64,
+        )
+    else:
+        text = _text_config(
+            tok,
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        )
+        text_2 = _text_config(
+            tok_2,
+            vocab_size=49408,
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_attention_heads=20,
+            num_hidden_layers=32,
+            hidden_act="gelu",
+            projection_dim=1280,
+        )
+        unet = UNet2DConditionModel(
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(5, 10, 20),
+            transformer_layers_per_block=(1, 2, 10),
+            cross_attention_dim=2048,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            use_linear_projection=True,
+            sample_size=64,
+        )
+    return StableDiffusionXLPipeline(
+        vae=_vae(tiny, 0.13025),
+        text_encoder=CLIPTextModel(text),
+        text_encoder_2=CLIPTextModelWithProjection(text_2),
+        tokenizer=tok,
+        tokenizer_2=tok_2,
+        unet=unet,
+        scheduler=EulerAncestralDiscreteScheduler(**_SCHEDULER),
+    )
+
+
+# name -> (family, builder)
+REPLICAS: dict[str, tuple[str, Callable]] = {
+    "tiny-sd-turbo": ("sd-turbo", lambda: _sd_turbo(tiny=True)),
+    "tiny-sdxl-turbo": ("sdxl-turbo", lambda: _sdxl_turbo(tiny=True)),
+    "sd-turbo-arch": ("sd-turbo", lambda: _sd_turbo(tiny=False)),
+    "sdxl-turbo-arch": ("sdxl-turbo", lambda: _sdxl_turbo(tiny=False)),
+}
+
+
+def build_pipeline(name: str):
+    """The replica as an in-memory diffusers pipeline (float32, eval mode), deterministic from SEED."""
+    import torch
+
+    _, builder = REPLICAS[name]
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        pipe = builder()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def replica_path(name: str) -> Path:
+    """The replica's diffusers folder in the cache, built on first use."""
+    target = cache_root() / "replicas" / f"{name}-v{REPLICA_VERSION}"
+    if (target / "model_index.json").is_file():
+        return target
+    log.info("building replica %s in %s", name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build_pipeline(name).save_pretrained(tmp, safe_serialization=True)
+        (tmp / "replica.json").write_text(json.dumps({"replica": name, "version": REPLICA_VERSION, "seed": SEED}))
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "model_index.json").is_file():  # not a concurrent build that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

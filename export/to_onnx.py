@@ -1,0 +1,53 @@
+"""Trace a wrapper to ONNX with static shapes (opset 17), external data for graphs over 2 GB."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from turbo_runtime.spec import ComponentIO
+
+OPSET = 17
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_dir: Path, fp16: bool) -> list[Path]:
+    """Write `out_dir/model.onnx` (+ `model.onnx.data` when large); returns the files written.
+
+    fp16 converts the graph's float tensors to float16 while keeping float32 inputs and outputs, so the
+    runtime boundary stays float32 (a graph meant for CUDA; the CPU provider lacks most fp16 kernels).
+    """
+    import onnx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".trace-") as tmp:
+        traced = Path(tmp) / "model.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about python control flow on static shapes
+            torch.onnx.export(
+                module,
+                example,
+                str(traced),
+                input_names=[t.name for t in io.inputs],
+                output_names=[t.name for t in io.outputs],
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+        model = onnx.load(str(traced), load_external_data=True)
+    if fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    path = out_dir / "model.onnx"
+    if weights > _PROTOBUF_LIMIT - (64 << 20):
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+        return [path, out_dir / "model.onnx.data"]
+    onnx.save_model(model, str(path))
+    return [path]

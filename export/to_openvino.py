@@ -1,0 +1,47 @@
+"""Convert a wrapper to OpenVINO IR (.xml/.bin) with static shapes, optionally with compressed weights."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from turbo_runtime.spec import ComponentIO
+
+
+@contextmanager
+def _quiet_converter():
+    """OpenVINO's converter prints its arguments whenever "--verbose" is in sys.argv (ours, here)."""
+    argv = sys.argv
+    sys.argv = [a for a in argv if a != "--verbose"]
+    try:
+        yield
+    finally:
+        sys.argv = argv
+
+
+def export_openvino(
+    module: torch.nn.Module, example: tuple, io: ComponentIO, xml: Path, precision: str
+) -> list[Path]:
+    """Write `xml` and its `.bin`; fp16 stores weights in float16, int8 compresses them with NNCF."""
+    import openvino as ov
+
+    types = {"float32": ov.Type.f32, "int64": ov.Type.i64}
+    inputs = [(t.name, ov.PartialShape(list(t.shape)), types[t.dtype]) for t in io.inputs]
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_converter():
+        warnings.simplefilter("ignore")
+        model = ov.convert_model(module, example_input=example, input=[(s, ty) for _, s, ty in inputs])
+    for port, (name, _, _) in zip(model.inputs, inputs):
+        port.get_tensor().set_names({name})
+    for port, spec in zip(model.outputs, io.outputs):
+        port.get_tensor().set_names({spec.name})
+    if precision == "int8":
+        import nncf
+
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
+    return [xml, xml.with_suffix(".bin")]

@@ -1,0 +1,91 @@
+"""The seam between the sampling loop and an inference engine: numpy float32 arrays on the host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from turbo_runtime.artifacts import Artifacts
+from turbo_runtime.errors import InputError
+from turbo_runtime.spec import ComponentIO
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    device: str | None = None  # backend's own device name; None picks its default
+    dtype: str | None = None  # inference precision; None picks the backend's best for the device
+    threads: int | None = None  # CPU threads; None lets the engine decide
+    cache_dir: Path | None = None  # compiled-model cache (OpenVINO)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the UNet is conditioned on besides the latents and the timestep."""
+
+    encoder_hidden_states: np.ndarray
+    text_embeds: np.ndarray | None = None  # SDXL pooled text embedding
+    time_ids: np.ndarray | None = None  # SDXL micro-conditioning (original size, crop, target size)
+
+
+class Backend:
+    """Typed component calls shared by every engine; each engine implements `_run` and its own casts.
+
+    Subclasses load and compile every component in their constructor, so no call hides a compile.
+    """
+
+    name: ClassVar[str]
+    artifact_format: ClassVar[str | None]  # the export format it reads, None for the torch backend
+
+    def __init__(self, artifacts: Artifacts, options: BackendOptions):
+        if options.dtype is not None and options.dtype not in DTYPES:
+            raise InputError(f"unknown dtype {options.dtype!r}; choose from: {', '.join(DTYPES)}")
+        if options.threads is not None and options.threads < 1:
+            raise InputError(f"threads must be at least 1, got {options.threads}")
+        self.artifacts = artifacts
+        self.options = options
+        self.family = artifacts.family
+        self.io: dict[str, ComponentIO] = {c: artifacts.io(c) for c in self.family.components}
+
+    def _run(self, component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run one component on inputs in manifest order; outputs float32, in manifest order."""
+        raise NotImplementedError
+
+    def _call(self, component: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        specs = self.io[component].inputs
+        checked = []
+        for spec, value in zip(specs, inputs, strict=True):
+            value = np.ascontiguousarray(value, dtype=spec.dtype)
+            if value.shape != spec.shape:
+                raise InputError(
+                    f"{component} input {spec.name!r} has shape {value.shape}, the exported static shape is "
+                    f"{spec.shape}; export for this shape with turbo-export --height/--width"
+                )
+            checked.append(value)
+        return self._run(component, checked)
+
+    def encode_text(self, input_ids: tuple[np.ndarray, ...]) -> Conditioning:
+        """Token ids, one array per text encoder, to the UNet's text conditioning."""
+        hidden, pooled = [], None
+        for name, ids in zip(self.family.text_encoders, input_ids, strict=True):
+            out = self._call(name, ids)
+            hidden.append(out[0])
+            if len(out) > 1:
+                pooled = out[1]
+        return Conditioning(np.concatenate(hidden, axis=-1), pooled)
+
+    def encode_image(self, image: np.ndarray) -> np.ndarray:
+        """Image in [-1, 1], NCHW, to the scaled latent mean."""
+        return self._call("vae_encoder", image)[0]
+
+    def predict_noise(self, latents: np.ndarray, timestep: np.ndarray, cond: Conditioning) -> np.ndarray:
+        extra = () if cond.text_embeds is None else (cond.text_embeds, cond.time_ids)
+        return self._call("unet", latents, timestep, cond.encoder_hidden_states, *extra)[0]
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Scaled latents to an image in [-1, 1] (unclipped), NCHW float32."""
+        return self._call("vae_decoder", latents)[0]

@@ -1,0 +1,50 @@
+"""OpenVINO backend: static-shape IR, compiled once per component, compile cache on by default."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from turbo_runtime.artifacts import Artifacts
+from turbo_runtime.backends.base import Backend, BackendOptions
+from turbo_runtime.errors import BackendUnavailable
+from turbo_runtime.files import cache_root
+
+try:
+    import openvino as ov
+except ImportError:
+    raise BackendUnavailable('the openvino backend needs OpenVINO: pip install "turbo-runtime[openvino]"') from None
+
+_PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    artifact_format = "openvino"
+
+    def __init__(self, artifacts: Artifacts, options: BackendOptions):
+        super().__init__(artifacts, options)
+        core = ov.Core()
+        device = options.device or "CPU"
+        available = core.available_devices
+        if device.split(":")[0] not in ("AUTO", "MULTI", "HETERO", "BATCH") and device not in available:
+            raise BackendUnavailable(f"OpenVINO device {device!r} is not available here; available: {', '.join(available)}")
+        core.set_property({"CACHE_DIR": str(options.cache_dir or cache_root() / "openvino-cache")})
+        config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+        if options.dtype:  # otherwise the plugin's best: bf16 on CPUs with AMX/AVX512-BF16, f32 elsewhere
+            config["INFERENCE_PRECISION_HINT"] = _PRECISION_HINTS[options.dtype]
+        if options.threads:
+            config["INFERENCE_NUM_THREADS"] = options.threads
+        self.device = device
+        self._requests = {}
+        for component in self.family.components:
+            compiled = core.compile_model(str(artifacts.component_path(component, "openvino")), device, config)
+            self._requests[component] = compiled.create_infer_request()
+        # What the plugin chose, for reports: bf16 on CPUs with AMX or AVX512-BF16 unless --dtype says otherwise.
+        self.inference_precision = str(self._requests["unet"].get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
+
+    def _run(self, component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        request = self._requests[component]
+        request.infer({spec.name: x for spec, x in zip(self.io[component].inputs, inputs)}, share_inputs=True)
+        return [
+            np.array(request.get_tensor(spec.name).data, dtype=np.float32) for spec in self.io[component].outputs
+        ]

@@ -1,0 +1,52 @@
+"""PyTorch backend: the very wrapper modules the export traced, loaded from the artifacts' source model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from turbo_runtime.artifacts import Artifacts
+from turbo_runtime.backends.base import Backend, BackendOptions
+from turbo_runtime.errors import ArtifactError, BackendUnavailable, InputError
+
+try:
+    import torch
+
+    from export.sources import resolve
+    from export.wrappers import load_model
+except ImportError:
+    raise BackendUnavailable('the torch backend needs PyTorch and diffusers: pip install "turbo-runtime[torch]"') from None
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    artifact_format = None
+
+    def __init__(self, artifacts: Artifacts, options: BackendOptions):
+        super().__init__(artifacts, options)
+        device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable("--device cuda was asked for but this torch build sees no CUDA device")
+        dtype = options.dtype or "float32"
+        if dtype == "float16" and not device.startswith("cuda"):
+            raise InputError("float16 runs only on CUDA with the torch backend; use bfloat16 or float32 on the CPU")
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        source = resolve(artifacts.model_id)
+        if source.source_hash != artifacts.manifest["model"]["source_hash"]:
+            raise ArtifactError(
+                f"the model files of {artifacts.model_id} changed since {artifacts.root} was exported; export again"
+            )
+        self.device, self.dtype = device, _DTYPES[dtype]
+        self._modules = load_model(source.path, self.family, source.variant, self.dtype, device).modules
+
+    def _run(self, component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        tensors = [
+            torch.from_numpy(x).to(device=self.device, dtype=self.dtype if x.dtype == np.float32 else None)
+            for x in inputs
+        ]
+        with torch.inference_mode():
+            out = self._modules[component](*tensors)
+        outs = out if isinstance(out, tuple) else (out,)
+        return [o.float().cpu().numpy() for o in outs]

@@ -1,0 +1,138 @@
+"""Model families: components, I/O names, static shapes, schedulers and defaults.
+
+This is the one place where the shape of each component's inputs and outputs is defined. The export
+writes what these functions return into the manifest; the runtime checks every call against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from turbo_runtime.errors import InputError
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+COMPONENTS = (*TEXT_ENCODERS, "unet", "vae_encoder", "vae_decoder")
+FORMATS = ("onnx", "openvino")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# Export check: largest |exported - torch| allowed, relative to max(1, max|torch|), per precision.
+# fp32 graphs differ from PyTorch only by kernel rounding; fp16 graphs and compressed weights drift more.
+PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 1.5e-1}
+
+MIN_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    text_encoders: tuple[str, ...]
+    scheduler: str  # the diffusers scheduler class these checkpoints ship with
+    default_steps: int
+    default_size: int
+    guidance: bool  # whether classifier-free guidance is meaningful for this family
+    pipeline_class: str  # diffusers pipeline class that saves this family
+
+    @property
+    def tokenizers(self) -> tuple[str, ...]:
+        return tuple(name.replace("text_encoder", "tokenizer") for name in self.text_encoders)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return (*self.text_encoders, "unet", "vae_encoder", "vae_decoder")
+
+
+FAMILIES: dict[str, Family] = {
+    "sd-turbo": Family(
+        "sd-turbo", ("text_encoder",), "EulerDiscreteScheduler", 1, 512, False, "StableDiffusionPipeline"
+    ),
+    "sdxl-turbo": Family(
+        "sdxl-turbo",
+        TEXT_ENCODERS,
+        "EulerAncestralDiscreteScheduler",
+        1,
+        512,
+        False,
+        "StableDiffusionXLPipeline",
+    ),
+}
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise InputError(f"unknown model family {name!r}; choose one of: {', '.join(FAMILIES)}") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name: "float32" or "int64"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TensorSpec:
+        return cls(data["name"], tuple(data["shape"]), data["dtype"])
+
+
+@dataclass(frozen=True)
+class ComponentIO:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes a family's shapes depend on, read from the model's own configs at export."""
+
+    text_length: int  # tokenizer max length (77 for CLIP)
+    text_hidden: tuple[int, ...]  # hidden size of each text encoder's output used by the UNet
+    pooled_dim: int | None  # text_encoder_2 projection size (SDXL), else None
+    time_ids: int | None  # number of SDXL micro-conditioning values, else None
+    latent_channels: int
+    vae_scale_factor: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelDims:
+        return cls(**{**data, "text_hidden": tuple(data["text_hidden"])})
+
+
+def check_size(height: int, width: int) -> None:
+    for label, value in (("height", height), ("width", width)):
+        if value < MIN_SIZE or value % 8:
+            raise InputError(f"{label} must be a multiple of 8 and at least {MIN_SIZE}, got {value}")
+
+
+def component_io(family: Family, dims: ModelDims, height: int, width: int) -> dict[str, ComponentIO]:
+    """Static I/O of every component of `family` at batch 1 and the given image size."""
+    check_size(height, width)
+    lat = (1, dims.latent_channels, height // dims.vae_scale_factor, width // dims.vae_scale_factor)
+    img = (1, 3, height, width)
+    ids = TensorSpec("input_ids", (1, dims.text_length), "int64")
+    f32 = "float32"
+    io: dict[str, ComponentIO] = {}
+    for name, hidden in zip(family.text_encoders, dims.text_hidden):
+        outputs = [TensorSpec("hidden_states", (1, dims.text_length, hidden), f32)]
+        if name == "text_encoder_2":
+            outputs.append(TensorSpec("text_embeds", (1, dims.pooled_dim), f32))
+        io[name] = ComponentIO((ids,), tuple(outputs))
+    unet_inputs = [
+        TensorSpec("sample", lat, f32),
+        TensorSpec("timestep", (1,), f32),
+        TensorSpec("encoder_hidden_states", (1, dims.text_length, sum(dims.text_hidden)), f32),
+    ]
+    if dims.time_ids is not None:
+        unet_inputs += [
+            TensorSpec("text_embeds", (1, dims.pooled_dim), f32),
+            TensorSpec("time_ids", (1, dims.time_ids), f32),
+        ]
+    io["unet"] = ComponentIO(tuple(unet_inputs), (TensorSpec("noise_pred", lat, f32),))
+    io["vae_encoder"] = ComponentIO((TensorSpec("image", img, f32),), (TensorSpec("latent", lat, f32),))
+    io["vae_decoder"] = ComponentIO((TensorSpec("latent", lat, f32),), (TensorSpec("image", img, f32),))
+    return io
