@@ -1,0 +1,78 @@
+"""Shared fixtures: a private cache, tiny replicas exported once per session, diffusers references."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIZE = 128  # tests export at 128x128 (16x16 latents); the CLI default of 512 is exercised once
+BACKENDS = ("torch", "onnxruntime", "openvino")
+FAMILY_MODELS = {"sd-turbo": "tiny-sd-turbo", "sdxl-turbo": "tiny-sdxl-turbo"}
+
+
+def pytest_configure(config):
+    cache = Path(config.rootpath) / ".pytest_cache" / "turbo-runtime-cache"
+    os.environ.setdefault("TURBO_RUNTIME_CACHE", str(cache))
+
+
+@pytest.fixture(scope="session")
+def export_tiny(tmp_path_factory):
+    """Export a tiny replica once per session at SIZE x SIZE in both formats; returns its folder."""
+    from export.exporter import ExportConfig, export_model
+
+    made: dict[tuple, Path] = {}
+
+    def get(model: str, precision: str = "fp32", formats=("onnx", "openvino")) -> Path:
+        key = (model, precision, formats)
+        if key not in made:
+            out = tmp_path_factory.mktemp("artifacts") / f"{model}-{precision}"
+            made[key] = export_model(
+                ExportConfig(model, out=out, height=SIZE, width=SIZE, precision=precision, formats=formats, quiet=True)
+            )
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sd_artifacts(export_tiny) -> Path:
+    return export_tiny("tiny-sd-turbo")
+
+
+@pytest.fixture(scope="session")
+def sdxl_artifacts(export_tiny) -> Path:
+    return export_tiny("tiny-sdxl-turbo")
+
+
+@pytest.fixture(scope="session")
+def artifacts_of(sd_artifacts, sdxl_artifacts):
+    return {"sd-turbo": sd_artifacts, "sdxl-turbo": sdxl_artifacts}
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run one of the console scripts in a subprocess, as a user would."""
+    exe = Path(sys.executable).parent / args[0]
+    return subprocess.run(
+        [str(exe), *args[1:]], capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
+    """Exit code, a single 'error:' line naming what was wrong, and no traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def assert_not_degenerate(images: np.ndarray) -> None:
+    """Parity on a constant or fully clipped image would prove nothing."""
+    assert images.std() > 0.05
+    assert ((images > 0.0) & (images < 1.0)).mean() > 0.9
