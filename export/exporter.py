@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import logging
 import platform
@@ -53,9 +53,11 @@ def check_config(config: ExportConfig) -> None:
 def _require(*modules: str) -> None:
     for name in modules:
         try:
-            importlib.import_module(name)
-        except ImportError:
-            raise MissingDependency(f"turbo-export needs the {name} package: {_EXPORT_EXTRA}") from None
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken or blocked install
+            found = False
+        if not found:
+            raise MissingDependency(f"turbo-export needs the {name} package: {_EXPORT_EXTRA}")
 
 
 def default_out(model: str, height: int, width: int, precision: str) -> Path:

@@ -8,16 +8,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from export.replicas import REPLICAS, replica_path
 from turbo_runtime.errors import SourceError
 from turbo_runtime.files import sha256_files, write_text_atomic
 from turbo_runtime.spec import FAMILIES, Family, get_family
 
-LOCK_PATH = Path(__file__).resolve().parent.parent / "models.lock"
+DEFAULT_LOCK = Path(__file__).resolve().parent.parent / "models.lock"
+
+
+def lock_path() -> Path:
+    """models.lock of this checkout; TURBO_RUNTIME_LOCK points elsewhere (a private lock, tests)."""
+    return Path(os.environ.get("TURBO_RUNTIME_LOCK", DEFAULT_LOCK))
 
 # diffusers folder name of each component's weights; both VAE components read the "vae" folder.
 _WEIGHT_DIRS = {
@@ -59,7 +66,8 @@ class Source:
         }
 
 
-def read_lock(path: Path = LOCK_PATH) -> dict[str, dict]:
+def read_lock(path: Path | None = None) -> dict[str, dict]:
+    path = path or lock_path()
     try:
         return tomllib.loads(path.read_text()).get("models", {})
     except FileNotFoundError:
@@ -149,13 +157,26 @@ def _check_lock(model_id: str, entry: dict, actual: dict[str, str]) -> None:
         raise SourceError(f"{model_id}: {unpinned[0]} is used but not pinned in models.lock; run --update-lock")
 
 
+def _reachable(endpoint: str) -> bool:
+    host = urlparse(endpoint).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
 def _download(repo: str, revision: str | None, family: Family, files: list[str] | None) -> tuple[Path, str]:
     """Snapshot of `files` (or, unpinned, of the fp32 files a family needs); honours HF_HUB_OFFLINE and the cache."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
+        from huggingface_hub.utils import logging as hub_logging
     except ImportError:
         raise SourceError('huggingface_hub is not installed: pip install "turbo-runtime[export]"') from None
+    hub_logging.set_verbosity_error()
+    # Without a route to the hub, go straight to the local cache instead of retrying for half a minute.
+    offline = constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT)
     if files:
         patterns = list(files)
     else:
@@ -164,12 +185,18 @@ def _download(repo: str, revision: str | None, family: Family, files: list[str] 
         patterns += [f"{d}/*.safetensors" for d in dirs]
     try:
         path = snapshot_download(
-            repo, revision=revision, allow_patterns=patterns, ignore_patterns=None if files else ["*.fp16.*"]
+            repo,
+            revision=revision,
+            allow_patterns=patterns,
+            ignore_patterns=None if files else ["*.fp16.*"],
+            local_files_only=offline,
         )
     except LocalEntryNotFoundError:
         raise SourceError(
-            f"cannot download {repo}: no network and no cached copy (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}); "
-            "download the model elsewhere and pass its folder: turbo-export /path/to/folder"
+            f"cannot download {repo}@{revision or 'main'}: "
+            f"{'offline (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else 'the hub is unreachable'} "
+            "and the Hugging Face cache has no copy; download the model elsewhere and pass its folder: "
+            "turbo-export /path/to/folder"
         ) from None
     except Exception as e:  # connection errors come in many types across huggingface_hub versions
         raise SourceError(
@@ -212,8 +239,9 @@ def resolve(model: str, allow_pickle: bool = False) -> Source:
     )
 
 
-def update_lock(model: str, repo: str | None = None, family: str | None = None, path: Path = LOCK_PATH) -> dict:
+def update_lock(model: str, repo: str | None = None, family: str | None = None) -> dict:
     """Resolve `model` on the hub at its newest revision and write its entry (revision + file hashes)."""
+    path = lock_path()
     lock = read_lock(path)
     entry = dict(lock.get(model, {}))
     entry["repo"] = repo or entry.get("repo", model)

@@ -15,6 +15,18 @@ OPSET = 17
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
+def _constants_to_initializers(model) -> None:
+    from onnx import numpy_helper
+
+    graph = model.graph
+    for node in [n for n in graph.node if n.op_type == "Constant"]:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if value is None:
+            continue
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(value.t), node.output[0]))
+        graph.node.remove(node)
+
+
 def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_dir: Path, fp16: bool) -> list[Path]:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large); returns the files written.
 
@@ -40,9 +52,14 @@ def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_di
             )
         model = onnx.load(str(traced), load_external_data=True)
     if fp16:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+        # Resize takes its scales in float32 only: turn Constant nodes into initializers, which the
+        # converter leaves in float32 when only blocked ops read them.
+        _constants_to_initializers(model)
+        model = convert_float_to_float16(
+            model, keep_io_types=True, disable_shape_infer=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Resize"]
+        )
     weights = sum(t.ByteSize() for t in model.graph.initializer)
     path = out_dir / "model.onnx"
     if weights > _PROTOBUF_LIMIT - (64 << 20):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from contextlib import contextmanager
@@ -10,6 +11,17 @@ from pathlib import Path
 import torch
 
 from turbo_runtime.spec import ComponentIO
+
+
+_AUTO_NAME = re.compile(r"[A-Za-z0-9]+_\d+")
+
+
+def _stable_names(model, name: str) -> None:
+    """Replace names numbered by a process-wide counter, so the same weights give byte-identical IR."""
+    model.set_friendly_name(name)
+    for i, op in enumerate(model.get_ordered_ops()):
+        if _AUTO_NAME.fullmatch(op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_{i}")
 
 
 @contextmanager
@@ -34,13 +46,17 @@ def export_openvino(
     with warnings.catch_warnings(), torch.no_grad(), _quiet_converter():
         warnings.simplefilter("ignore")
         model = ov.convert_model(module, example_input=example, input=[(s, ty) for _, s, ty in inputs])
+    _stable_names(model, xml.stem)
     for port, (name, _, _) in zip(model.inputs, inputs):
         port.get_tensor().set_names({name})
     for port, spec in zip(model.outputs, io.outputs):
         port.get_tensor().set_names({spec.name})
     if precision == "int8":
+        import logging
+
         import nncf
 
+        nncf.set_log_level(logging.ERROR)  # its per-model tables drown the progress bar
         model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")

@@ -92,27 +92,36 @@ def out_paths(out: Path, n: int) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    from turbo_runtime.pipeline import TurboPipeline
+    from turbo_runtime.artifacts import Artifacts
+    from turbo_runtime.backends import backend_class
+    from turbo_runtime.pipeline import TurboPipeline, check_request, request_defaults
 
+    backend_class(args.backend)  # an unknown backend or a missing package fails before any export or load
     if args.image is not None and not args.image.is_file():
         raise InputError(f"init image {args.image} does not exist")
     if args.out.suffix.lower() not in (".png", ""):
         raise InputError(f"--out must name a .png file, got {args.out}")
     options = dict(device=args.device, dtype=args.dtype, threads=args.threads)
+    has_image = args.image is not None
     if args.model:
         size = dict(height=args.height or 512, width=args.width or 512)
         pipe = TurboPipeline.from_model(
             args.model, args.backend, precision=args.precision, quiet=args.quiet, **size, **options
         )
+        artifacts = pipe.artifacts
     else:
+        artifacts = Artifacts.load(args.artifacts)
+    steps, strength = request_defaults(artifacts.family, args.steps, has_image, args.strength)
+    check_request(artifacts, steps, args.guidance_scale, strength, has_image, args.num_images, args.height, args.width)
+    if not args.model:
         pipe = TurboPipeline.from_artifacts(args.artifacts, args.backend, **options)
     result = pipe(
         prompt=args.prompt,
-        num_inference_steps=args.steps,
+        num_inference_steps=steps,
         guidance_scale=args.guidance_scale,
         seed=args.seed,
         image=args.image,
-        strength=args.strength,
+        strength=strength,
         num_images_per_prompt=args.num_images,
         height=args.height,
         width=args.width,
@@ -125,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         "backend": args.backend,
         "software": "turbo-runtime",
     }
-    if args.image is not None:
-        meta["strength"] = str(args.strength if args.strength is not None else 0.5)
+    if has_image:
+        meta["strength"] = str(strength)
     paths = out_paths(args.out, len(result.images))
     for image, path in zip(result.images, paths):
         _save_png(image, path, meta)

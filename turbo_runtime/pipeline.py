@@ -14,6 +14,7 @@ from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends import Backend, BackendOptions, create_backend
 from turbo_runtime.errors import InputError
 from turbo_runtime.sampler import NoiseSource, Sampler
+from turbo_runtime.spec import Family
 from turbo_runtime.tokenizer import Tokenizer
 
 OUTPUT_TYPES = ("pil", "np")
@@ -50,6 +51,59 @@ def to_pil(images: np.ndarray) -> list:
     from PIL import Image
 
     return [Image.fromarray((im * 255).round().astype(np.uint8)) for im in images]
+
+
+def request_defaults(family: Family, steps: int | None, has_image: bool, strength: float | None):
+    """Steps and strength left unset: the family's steps; for image-to-image strength 0.5 and enough steps."""
+    if has_image and strength is None:
+        strength = 0.5
+    if steps is None:
+        steps = family.default_steps
+        if has_image and 0 < strength <= 1:
+            steps = max(steps, math.ceil(1 / strength))
+    return steps, strength
+
+
+def check_request(
+    artifacts: Artifacts,
+    steps,
+    guidance_scale: float = 0.0,
+    strength: float | None = None,
+    has_image: bool = False,
+    num_images=1,
+    height: int | None = None,
+    width: int | None = None,
+    output_type: str = "pil",
+) -> None:
+    """Refuse a request the artifacts cannot serve, before any model is loaded."""
+    family = artifacts.family
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError(f"num_inference_steps must be an integer of at least 1, got {steps}")
+    if guidance_scale != 0 and not family.guidance:
+        raise InputError(
+            f"guidance_scale must be 0 for {family.name}: the model was distilled to sample without "
+            f"classifier-free guidance (got {guidance_scale})"
+        )
+    if not isinstance(num_images, int) or num_images < 1:
+        raise InputError(f"num_images_per_prompt must be at least 1, got {num_images}")
+    exported = (artifacts.height, artifacts.width)
+    if (height or exported[0], width or exported[1]) != exported:
+        raise InputError(
+            f"the artifacts were exported for {exported[0]}x{exported[1]} (height x width), not "
+            f"{height or exported[0]}x{width or exported[1]}; export again with --height/--width"
+        )
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(f"unknown output_type {output_type!r}; choose from: {', '.join(OUTPUT_TYPES)}")
+    if strength is not None and not has_image:
+        raise InputError("strength applies to image-to-image only: pass an init image too")
+    if has_image:
+        if not 0 < strength <= 1:
+            raise InputError(f"strength must be in (0, 1], got {strength}")
+        if int(steps * strength) < 1:
+            raise InputError(
+                f"num_inference_steps * strength must be at least 1 (got {steps} * {strength}): "
+                "image-to-image runs int(steps * strength) denoising steps; raise steps or strength"
+            )
 
 
 class TurboPipeline:
@@ -106,34 +160,6 @@ class TurboPipeline:
         config = ExportConfig(model, formats=formats, precision=precision, height=height, width=width, quiet=quiet)
         return cls.from_artifacts(export_model(config), backend, **backend_options)
 
-    def _check(self, steps, guidance_scale, strength, image, num_images, height, width, output_type) -> None:
-        if not isinstance(steps, int) or steps < 1:
-            raise InputError(f"num_inference_steps must be an integer of at least 1, got {steps}")
-        if guidance_scale != 0 and not self.family.guidance:
-            raise InputError(
-                f"guidance_scale must be 0 for {self.family.name}: the model was distilled to sample without "
-                f"classifier-free guidance (got {guidance_scale})"
-            )
-        if not isinstance(num_images, int) or num_images < 1:
-            raise InputError(f"num_images_per_prompt must be at least 1, got {num_images}")
-        if (height or self.height, width or self.width) != (self.height, self.width):
-            raise InputError(
-                f"the artifacts were exported for {self.height}x{self.width} (height x width), "
-                f"not {height or self.height}x{width or self.width}; export again with --height/--width"
-            )
-        if output_type not in OUTPUT_TYPES:
-            raise InputError(f"unknown output_type {output_type!r}; choose from: {', '.join(OUTPUT_TYPES)}")
-        if strength is not None and image is None:
-            raise InputError("strength applies to image-to-image only: pass an init image too")
-        if image is not None:
-            if not 0 < strength <= 1:
-                raise InputError(f"strength must be in (0, 1], got {strength}")
-            if int(steps * strength) < 1:
-                raise InputError(
-                    f"num_inference_steps * strength must be at least 1 (got {steps} * {strength}): "
-                    "image-to-image runs int(steps * strength) denoising steps; raise steps or strength"
-                )
-
     def __call__(
         self,
         prompt: str = "",
@@ -154,15 +180,12 @@ class TurboPipeline:
         gives the same noise on every backend. Image-to-image noises the encoded image to `strength` and runs
         the last int(num_inference_steps * strength) steps.
         """
-        if image is not None and strength is None:
-            strength = 0.5
-        if num_inference_steps is None:
-            num_inference_steps = self.family.default_steps
-            if image is not None:
-                num_inference_steps = max(num_inference_steps, math.ceil(1 / strength))
         # 1. Check inputs
-        self._check(
-            num_inference_steps, guidance_scale, strength, image, num_images_per_prompt, height, width, output_type
+        has_image = image is not None
+        num_inference_steps, strength = request_defaults(self.family, num_inference_steps, has_image, strength)
+        check_request(
+            self.artifacts, num_inference_steps, guidance_scale, strength, has_image, num_images_per_prompt,
+            height, width, output_type,
         )
         if latents is not None:
             latents = np.asarray(latents, dtype=np.float32)

@@ -1,0 +1,316 @@
+"""turbo-export: artifacts, manifest, sources, reuse and rebuild, atomic output, precisions, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SIZE, assert_one_line_error, run_cli
+from export.exporter import ExportConfig, export_model
+from export.replicas import build_pipeline, replica_path
+from turbo_runtime.artifacts import Artifacts
+from turbo_runtime.errors import ArtifactError, SourceError
+from turbo_runtime.files import sha256_file
+from turbo_runtime.pipeline import TurboPipeline
+from turbo_runtime.spec import PARITY_TOLERANCE
+
+SMALL = ("--height", str(SIZE), "--width", str(SIZE), "--quiet")
+
+
+def files_on_disk(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"}
+
+
+@pytest.mark.parametrize("model", ["tiny-sd-turbo", "tiny-sdxl-turbo"])
+def test_cli_export_writes_every_format_with_hashes(tmp_path, model):
+    out = tmp_path / "art"
+    result = run_cli("turbo-export", model, "--out", str(out), *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["files"]) == files_on_disk(out)
+    for rel, digest in manifest["files"].items():
+        assert sha256_file(out / rel) == digest
+    components = ["text_encoder", "unet", "vae_encoder", "vae_decoder"]
+    if model == "tiny-sdxl-turbo":
+        components.insert(1, "text_encoder_2")
+        assert [t["name"] for t in manifest["components"]["unet"]["inputs"]] == [
+            "sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"
+        ]
+        assert (out / "tokenizer_2" / "tokenizer.json").is_file()
+    assert list(manifest["components"]) == components
+    assert manifest["formats"] == ["onnx", "openvino"]
+    assert (manifest["height"], manifest["width"], manifest["precision"]) == (SIZE, SIZE, "fp32")
+    assert manifest["model"]["kind"] == "replica" and len(manifest["model"]["source_hash"]) == 64
+    assert {"torch", "onnx", "openvino", "diffusers"} <= set(manifest["tools"])
+    for name, entry in manifest["components"].items():
+        assert (out / entry["files"]["onnx"][0]).name == "model.onnx"
+        assert entry["files"]["openvino"] == [f"openvino/{name}.xml", f"openvino/{name}.bin"]
+        for fmt in ("onnx", "openvino"):
+            assert entry["parity"][fmt]["relative"] <= PARITY_TOLERANCE["fp32"]
+    assert manifest["components"]["unet"]["inputs"][0]["shape"] == [1, 4, SIZE // 8, SIZE // 8]
+
+
+def test_saved_folder_exports_exactly_like_the_replica(tmp_path, sd_artifacts):
+    folder = tmp_path / "folder"
+    build_pipeline("tiny-sd-turbo").save_pretrained(folder)
+    out = export_model(ExportConfig(str(folder), out=tmp_path / "art", height=SIZE, width=SIZE, quiet=True))
+    ours, replica = (json.loads((d / "manifest.json").read_text()) for d in (out, sd_artifacts))
+    assert ours["model"]["kind"] == "folder" and ours["model"]["variant"] is None
+    component_files = {k: v for k, v in replica["files"].items() if k.startswith(("onnx/", "openvino/"))}
+    assert component_files and all(ours["files"][k] == v for k, v in component_files.items())
+
+
+def test_fp16_variant_folder_exports_and_agrees(tmp_path, sd_artifacts):
+    folder = tmp_path / "fp16"
+    build_pipeline("tiny-sd-turbo").to(torch.float16).save_pretrained(folder, variant="fp16")
+    assert (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    assert not (folder / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    out = export_model(ExportConfig(str(folder), out=tmp_path / "art", height=SIZE, width=SIZE, quiet=True))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["variant"] == "fp16"
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in manifest["model"]["files"]
+    for entry in manifest["components"].values():  # the check ran against the same (fp16-rounded) weights
+        assert entry["parity"]["openvino"]["relative"] <= PARITY_TOLERANCE["fp32"]
+    a = TurboPipeline.from_artifacts(out, "onnxruntime")("a fox", seed=1, output_type="np").images
+    b = TurboPipeline.from_artifacts(sd_artifacts, "onnxruntime")("a fox", seed=1, output_type="np").images
+    assert 0 < np.abs(a - b).max() < 0.05  # fp16 rounding of the weights, nothing more
+
+
+def test_reuse_when_unchanged_and_rebuild_when_the_source_changes(tmp_path):
+    folder = tmp_path / "folder"
+    shutil.copytree(replica_path("tiny-sd-turbo"), folder)
+    config = ExportConfig(str(folder), out=tmp_path / "art", height=SIZE, width=SIZE, formats=("onnx",), quiet=True)
+    out = export_model(config)
+    first = json.loads((out / "manifest.json").read_text())
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert export_model(config) == out and (out / "manifest.json").stat().st_mtime_ns == stamp
+
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    with torch.no_grad():
+        unet.conv_out.bias += 0.5
+    unet.save_pretrained(folder / "unet")
+    export_model(config)
+    second = json.loads((out / "manifest.json").read_text())
+    assert second["model"]["source_hash"] != first["model"]["source_hash"]
+    assert second["files"]["onnx/unet/model.onnx"] != first["files"]["onnx/unet/model.onnx"]
+    assert second["files"]["onnx/text_encoder/model.onnx"] == first["files"]["onnx/text_encoder/model.onnx"]
+    assert not list(tmp_path.glob(".art.*"))  # no temporary or old folders left beside it
+
+
+def test_a_changed_byte_is_refused_by_the_runtime(tmp_path, sd_artifacts):
+    copy = tmp_path / "art"
+    shutil.copytree(sd_artifacts, copy)
+    weights = copy / "openvino" / "unet.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"unet\.bin was modified"):
+        TurboPipeline.from_artifacts(copy, "openvino")
+    TurboPipeline.from_artifacts(copy, "onnxruntime")  # the ONNX files are intact
+    result = run_cli("turbo-run", "--artifacts", str(copy), "--backend", "openvino", "--prompt", "x",
+                     "--out", str(tmp_path / "x.png"))
+    assert_one_line_error(result, "unet.bin was modified", "export again")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_an_interrupted_export_leaves_nothing_loadable(tmp_path):
+    out = tmp_path / "art"
+    exe = Path(sys.executable).parent / "turbo-export"
+    proc = subprocess.Popen([str(exe), "tiny-sdxl-turbo", "--out", str(out), *SMALL],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".art.tmp-*/onnx/unet/model.onnx")):  # midway: some components written
+        assert proc.poll() is None and time.monotonic() < deadline, "export ended before it could be interrupted"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    with pytest.raises(ArtifactError, match="does not exist"):
+        Artifacts.load(out)
+    result = run_cli("turbo-export", "tiny-sdxl-turbo", "--out", str(out), *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert Artifacts.load(out).family.name == "sdxl-turbo"
+    assert not list(tmp_path.glob(".art.tmp-*"))  # the stale folder was cleaned up
+
+
+@pytest.mark.parametrize("precision,formats", [("fp16", ("onnx", "openvino")), ("int8", ("openvino",))])
+def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artifacts, precision, formats):
+    out = export_tiny("tiny-sd-turbo", precision, formats)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == precision and manifest["formats"] == list(formats)
+    for name, entry in manifest["components"].items():
+        for fmt in formats:
+            expected = "fp32" if fmt == "onnx" and name.startswith("vae") else precision  # fp16 VAE guard
+            assert entry["precision"][fmt] == expected
+            assert entry["parity"][fmt]["relative"] <= PARITY_TOLERANCE[precision]
+    weights = [f for f in manifest["files"] if f.endswith(".bin")]
+    size = sum((out / f).stat().st_size for f in weights)
+    assert size < 0.6 * sum((sd_artifacts / f).stat().st_size for f in weights)  # weights are stored compressed
+    backend = "onnxruntime" if "onnx" in formats else "openvino"
+    low = TurboPipeline.from_artifacts(out, backend)("a fox", seed=2, output_type="np").images
+    ref = TurboPipeline.from_artifacts(sd_artifacts, backend, dtype=None)("a fox", seed=2, output_type="np").images
+    assert np.abs(low - ref).mean() < 0.05
+
+
+# ---- hub ids through models.lock, with a local Hugging Face cache and no network ----
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A Hugging Face cache holding acme/tiny-sd-turbo at REVISION, and a lock that pins it."""
+    from export.sources import folder_files
+    from turbo_runtime.spec import get_family
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny-sd-turbo" / "snapshots" / REVISION
+    shutil.copytree(replica_path("tiny-sd-turbo"), snapshot)
+    (snapshot / "replica.json").unlink()
+    files, _ = folder_files(snapshot, get_family("sd-turbo"))
+    pins = {f: sha256_file(snapshot / f) for f in files}
+    lock = tmp_path / "models.lock"
+
+    def write_lock(files: dict[str, str]) -> None:
+        lines = ['[models."acme/tiny-sd-turbo"]', 'repo = "acme/tiny-sd-turbo"', f'revision = "{REVISION}"',
+                 'family = "sd-turbo"', '[models."acme/tiny-sd-turbo".files]']
+        lock.write_text("\n".join([*lines, *(f'"{k}" = "{v}"' for k, v in files.items())]) + "\n")
+
+    write_lock(pins)
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TURBO_RUNTIME_LOCK": str(lock)}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env, pins, write_lock
+
+
+def test_hub_id_exports_from_the_cache_at_the_pinned_revision(hub, tmp_path):
+    env, pins, _ = hub
+    out = tmp_path / "art"
+    result = run_cli("turbo-export", "acme/tiny-sd-turbo", "--out", str(out), "--format", "onnx", *SMALL, env=env)
+    assert result.returncode == 0, result.stderr
+    model = json.loads((out / "manifest.json").read_text())["model"]
+    assert (model["kind"], model["revision"], model["files"]) == ("hub", REVISION, pins)
+
+
+def test_hub_hash_mismatch_is_refused(hub, tmp_path):
+    env, pins, write_lock = hub
+    write_lock({**pins, "unet/diffusion_pytorch_model.safetensors": "0" * 64})
+    result = run_cli("turbo-export", "acme/tiny-sd-turbo", "--out", str(tmp_path / "art"), *SMALL, env=env)
+    actual = pins["unet/diffusion_pytorch_model.safetensors"]
+    assert_one_line_error(result, "sha256 mismatch", "unet/diffusion_pytorch_model.safetensors", "0" * 64, actual)
+    assert not (tmp_path / "art").exists()
+
+
+def test_hub_without_network_or_cache_names_the_folder_alternative(hub, tmp_path):
+    env, _, _ = hub
+    shutil.rmtree(env["HF_HUB_CACHE"])
+    result = run_cli("turbo-export", "acme/tiny-sd-turbo", "--out", str(tmp_path / "art"), *SMALL, env=env)
+    assert_one_line_error(result, "acme/tiny-sd-turbo", "offline", "pass its folder")
+
+
+def test_the_lock_parses_and_pins_every_file():
+    from export.sources import read_lock
+
+    lock = read_lock()
+    assert {"stabilityai/sd-turbo", "stabilityai/sdxl-turbo"} <= set(lock)
+    for entry in lock.values():
+        assert len(entry["revision"]) == 40
+        assert entry["files"] and all(len(d) == 64 for d in entry["files"].values())
+        assert any(f.startswith("unet/") and f.endswith(".safetensors") for f in entry["files"])
+
+
+# ---- bad input: one line, exit 2, nothing written ----
+
+def _broken_folder(tmp_path: Path, remove: str) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(replica_path("tiny-sd-turbo"), folder)
+    target = folder / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["no-such-model"], ["unknown model 'no-such-model'", "tiny-sd-turbo", "stabilityai/sd-turbo", "folder"]),
+        (["tiny-sd-turbo", "--height", "100"], ["height must be a multiple of 8", "100"]),
+        (["tiny-sd-turbo", "--width", "56"], ["width must be a multiple of 8 and at least 64", "56"]),
+        (["tiny-sd-turbo", "--format", "tflite"], ["unknown format 'tflite'", "onnx, openvino"]),
+        (["tiny-sd-turbo", "--precision", "int4"], ["unknown precision 'int4'", "fp32, fp16, int8"]),
+        (["tiny-sd-turbo", "--precision", "int8", "--format", "onnx"], ["int8", "--format openvino"]),
+    ],
+)
+def test_bad_arguments(tmp_path, args, fragments):
+    result = run_cli("turbo-export", *args, "--out", str(tmp_path / "art"), "--quiet")
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize(
+    "remove,fragments",
+    [
+        ("model_index.json", ["not a diffusers model folder", "model_index.json is missing"]),
+        ("unet/diffusion_pytorch_model.safetensors", ["unet/diffusion_pytorch_model.safetensors is missing"]),
+        ("tokenizer", ["tokenizer/ is missing"]),
+        ("vae/config.json", ["vae/config.json is missing"]),
+    ],
+)
+def test_incomplete_folders(tmp_path, remove, fragments):
+    folder = _broken_folder(tmp_path, remove)
+    result = run_cli("turbo-export", str(folder), "--out", str(tmp_path / "art"), "--quiet")
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "art").exists()
+
+
+def test_pickled_weights_need_allow_pickle(tmp_path):
+    folder = tmp_path / "model"
+    pipe = build_pipeline("tiny-sd-turbo")
+    pipe.save_pretrained(folder, safe_serialization=False)
+    result = run_cli("turbo-export", str(folder), "--out", str(tmp_path / "art"), *SMALL)
+    assert_one_line_error(result, "pickled .bin weights", "--allow-pickle")
+    result = run_cli("turbo-export", str(folder), "--out", str(tmp_path / "art"), "--allow-pickle",
+                     "--format", "onnx", *SMALL)
+    assert result.returncode == 0, result.stderr
+
+
+def test_output_folder_holding_something_else(tmp_path):
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = run_cli("turbo-export", "tiny-sd-turbo", "--out", str(out), "--format", "onnx", *SMALL)
+    assert_one_line_error(result, "does not hold turbo-runtime artifacts", "--force")
+    assert (out / "notes.txt").read_text() == "keep me"
+    result = run_cli("turbo-export", "tiny-sd-turbo", "--out", str(out), "--format", "onnx", "--force", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert not (out / "notes.txt").exists() and (out / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("package", ["openvino", "onnx", "diffusers"])
+def test_missing_package_names_the_extra(tmp_path, package):
+    code = (f"import sys; sys.modules[{package!r}] = None; from export.cli import main; "
+            f"sys.exit(main(['tiny-sd-turbo', '--out', {str(tmp_path / 'art')!r}, '--quiet']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert_one_line_error(result, f"needs the {package} package", 'pip install "turbo-runtime[export]"')
+    assert not (tmp_path / "art").exists()
+
+
+def test_resolve_refuses_a_file(tmp_path):
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"")
+    with pytest.raises(SourceError, match="is a file"):
+        from export.sources import resolve
+
+        resolve(str(f))

@@ -1,0 +1,164 @@
+"""turbo-run and the Python API: round trips through the real CLI, cross-backend agreement, bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BACKENDS, SIZE, assert_one_line_error, run_cli
+from turbo_runtime.backends import create_backend
+from turbo_runtime.artifacts import Artifacts
+from turbo_runtime.errors import InputError
+from turbo_runtime.pipeline import TurboPipeline
+from turbo_runtime.sampler import NoiseSource
+from turbo_runtime.spec import PARITY_TOLERANCE
+
+
+def png_text(path) -> dict:
+    with Image.open(path) as im:
+        return dict(im.text)
+
+
+def test_default_command_generates_an_image_from_the_builtin_replica(tmp_path):
+    """The README's quickstart: export on first use at the default 512x512, then generate, no download."""
+    result = run_cli("turbo-run", "--model", "tiny-sd-turbo", "--backend", "openvino", "--prompt",
+                     "a red fox in the snow", "--out", "fox.png", "--seed", "7", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "fox.png") as im:
+        assert im.size == (512, 512) and im.mode == "RGB"
+    assert png_text(tmp_path / "fox.png") == {
+        "prompt": "a red fox in the snow", "seed": "7", "steps": "1", "model": "tiny-sd-turbo",
+        "backend": "openvino", "software": "turbo-runtime",
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cli_round_trip_on_each_backend(tmp_path, sdxl_artifacts, backend):
+    out = tmp_path / "fox.png"
+    result = run_cli("turbo-run", "--artifacts", str(sdxl_artifacts), "--backend", backend, "--prompt", "a fox",
+                     "--seed", "3", "--steps", "2", "--num-images", "2", "--out", str(out), "--verbose")
+    assert result.returncode == 0, result.stderr
+    paths = [tmp_path / "fox-0.png", tmp_path / "fox-1.png"]
+    assert result.stdout.split() == [str(p) for p in paths]
+    assert "unet 0.0" in result.stderr and "vae decode" in result.stderr  # per-stage timings on --verbose
+    first, second = (np.asarray(Image.open(p)) for p in paths)
+    assert first.shape == (SIZE, SIZE, 3) and not np.array_equal(first, second)
+    assert png_text(paths[0])["backend"] == backend and png_text(paths[0])["steps"] == "2"
+
+
+def test_cli_image_to_image(tmp_path, sd_artifacts):
+    init = tmp_path / "init.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)).save(init)
+    out = tmp_path / "out.png"
+    result = run_cli("turbo-run", "--artifacts", str(sd_artifacts), "--backend", "onnxruntime", "--prompt", "x",
+                     "--image", str(init), "--strength", "0.5", "--steps", "4", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert png_text(out)["strength"] == "0.5" and png_text(out)["steps"] == "2"
+    assert Image.open(out).size == (SIZE, SIZE)  # the init image is resized to the exported shape
+
+
+@pytest.mark.parametrize("family", ["sd-turbo", "sdxl-turbo"])
+def test_backends_agree_and_share_the_seed_noise(artifacts_of, family):
+    images = {}
+    for backend in BACKENDS:
+        pipe = TurboPipeline.from_artifacts(artifacts_of[family], backend, dtype=None if backend == "onnxruntime" else "float32")
+        images[backend] = pipe("a red fox", num_inference_steps=2, seed=42, output_type="np").images
+        noise = NoiseSource(42).normal(pipe.latent_shape)
+        explicit = pipe("a red fox", num_inference_steps=2, seed=42, latents=noise, output_type="np").images
+        np.testing.assert_array_equal(explicit, images[backend])  # seeded noise == explicit latents
+    for backend in BACKENDS[1:]:
+        assert np.abs(images[backend] - images["torch"]).max() <= PARITY_TOLERANCE["fp32"]
+
+
+def test_openvino_defaults_to_the_hardware_precision_and_honours_dtype(sd_artifacts):
+    default = TurboPipeline.from_artifacts(sd_artifacts, "openvino").backend
+    f32 = TurboPipeline.from_artifacts(sd_artifacts, "openvino", dtype="float32").backend
+    assert f32.inference_precision == "f32"
+    assert default.inference_precision in ("bf16", "f16", "f32")
+
+
+def test_same_seed_same_image_and_prompt_truncation(sd_artifacts, caplog):
+    pipe = TurboPipeline.from_artifacts(sd_artifacts, "onnxruntime")
+    a = pipe("fox", seed=1, output_type="np").images
+    assert np.array_equal(a, pipe("fox", seed=1, output_type="np").images)
+    assert not np.array_equal(a, pipe("fox", seed=2, output_type="np").images)
+    assert pipe("", seed=1, output_type="np").images.shape == a.shape  # an empty prompt is valid
+    long = " ".join(["fox"] * 100)
+    with caplog.at_level("WARNING"):
+        out = pipe(long, seed=1, output_type="np")
+    assert "longer than 77 tokens" in caplog.text
+    assert np.array_equal(out.images, pipe(" ".join(["fox"] * 75), seed=1, output_type="np").images)
+    pil = pipe("fox", seed=1, num_images_per_prompt=2)
+    assert len(pil.images) == 2 and pil.images[0].size == (SIZE, SIZE) and pil.seed == 1
+
+
+def test_backend_refuses_wrong_shapes(sd_artifacts):
+    art = Artifacts.load(sd_artifacts)
+    backend = create_backend("onnxruntime", art)
+    with pytest.raises(InputError, match=r"vae_decoder input 'latent' has shape \(1, 4, 8, 8\), the exported static shape is \(1, 4, 16, 16\)"):
+        backend.decode(np.zeros((1, 4, 8, 8), np.float32))
+
+
+def _run(artifacts, tmp_path, *args):
+    out = tmp_path / "out.png"
+    result = run_cli("turbo-run", "--artifacts", str(artifacts), "--prompt", "x", "--out", str(out), *args)
+    return result, out
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--backend", "tensorrt"], ["unknown backend 'tensorrt'", "torch, onnxruntime, openvino"]),
+        (["--steps", "0"], ["at least 1", "got 0"]),
+        (["--num-images", "0"], ["num_images_per_prompt must be at least 1"]),
+        (["--guidance-scale", "7.5"], ["guidance_scale must be 0 for sd-turbo", "without classifier-free guidance"]),
+        (["--height", "256"], ["exported for 128x128", "not 256x128", "--height/--width"]),
+        (["--image", "INIT", "--strength", "0"], ["strength must be in (0, 1], got 0.0"]),
+        (["--image", "INIT", "--strength", "1.5"], ["strength must be in (0, 1], got 1.5"]),
+        (["--image", "INIT", "--strength", "0.3", "--steps", "2"], ["num_inference_steps * strength", "2 * 0.3"]),
+        (["--image", "MISSING"], ["init image", "does not exist"]),
+        (["--image", "GARBAGE"], ["cannot read init image"]),
+        (["--strength", "0.5"], ["strength applies to image-to-image only"]),
+        (["--dtype", "int4"], ["unknown dtype 'int4'"]),
+        (["--backend", "onnxruntime", "--device", "tpu"], ["unknown onnxruntime device 'tpu'"]),
+    ],
+)
+def test_bad_input(tmp_path, sd_artifacts, args, fragments):
+    init, garbage = tmp_path / "init.png", tmp_path / "garbage.png"
+    Image.new("RGB", (SIZE, SIZE)).save(init)
+    garbage.write_bytes(b"not an image")
+    subst = {"INIT": str(init), "MISSING": str(tmp_path / "nope.png"), "GARBAGE": str(garbage)}
+    result, out = _run(sd_artifacts, tmp_path, *[subst.get(a, a) for a in args])
+    assert_one_line_error(result, *fragments)
+    assert not out.exists() and not list(tmp_path.glob(".out.png*"))
+
+
+def test_missing_artifacts_give_the_export_command(tmp_path, export_tiny):
+    onnx_only = export_tiny("tiny-sd-turbo", "fp32", ("onnx",))
+    result, out = _run(onnx_only, tmp_path, "--backend", "openvino")
+    assert_one_line_error(result, "holds no openvino artifacts", "turbo-export tiny-sd-turbo --format openvino")
+    result, out = _run(tmp_path / "nowhere", tmp_path)
+    assert_one_line_error(result, "does not exist", "turbo-export MODEL --out")
+    copy = tmp_path / "copy"
+    shutil.copytree(onnx_only, copy)
+    (copy / "onnx" / "unet" / "model.onnx").unlink()
+    result, out = _run(copy, tmp_path, "--backend", "onnxruntime")
+    assert_one_line_error(result, "onnx/unet/model.onnx is missing")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("backend,package,extra", [("openvino", "openvino", "openvino"),
+                                                   ("onnxruntime", "onnxruntime", "onnxruntime"),
+                                                   ("torch", "torch", "torch")])
+def test_missing_backend_package_names_the_extra(tmp_path, sd_artifacts, backend, package, extra):
+    code = (f"import sys; sys.modules[{package!r}] = None; from turbo_runtime.cli import main; "
+            f"sys.exit(main(['--artifacts', {str(sd_artifacts)!r}, '--backend', {backend!r}, '--prompt', 'x', "
+            f"'--out', {str(tmp_path / 'o.png')!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert_one_line_error(result, f'pip install "turbo-runtime[{extra}]"')
+    assert not (tmp_path / "o.png").exists()
