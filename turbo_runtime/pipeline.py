@@ -219,10 +219,10 @@ class TurboPipeline:
         images = []
         for n in range(num_images_per_prompt):
             # 4. Initial latents: pure noise, or the encoded image noised to the first sigma
+            # Drawn even when `latents` replaces it, so the ancestral noise that follows depends only on the seed.
+            x = noise.normal(self.latent_shape)
             if latents is not None:
                 x = latents[n : n + 1] if latents.shape[0] > 1 else latents
-            else:
-                x = noise.normal(self.latent_shape)
             x = x * schedule.init_noise_sigma if image_latents is None else image_latents + x * schedule.sigmas[first]
 
             # 5. Denoise

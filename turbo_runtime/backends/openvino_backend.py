@@ -40,7 +40,8 @@ class OpenVINOBackend(Backend):
             compiled = core.compile_model(str(artifacts.component_path(component, "openvino")), device, config)
             self._requests[component] = compiled.create_infer_request()
         # What the plugin chose, for reports: bf16 on CPUs with AMX or AVX512-BF16 unless --dtype says otherwise.
-        self.inference_precision = str(self._requests["unet"].get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
+        hint = self._requests["unet"].get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
+        self.inference_precision = hint.to_string() if isinstance(hint, ov.Type) else str(hint)
 
     def _run(self, component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         request = self._requests[component]
