@@ -1,0 +1,318 @@
+"""turbo-bench: per-stage latency, start-up, memory and accuracy of each backend (and peers), in one run.
+
+Each subject runs in its own worker process (benchmarks/worker.py). Workers are started side by side and their
+runs interleaved, so drift of the machine hits all of them alike; when memory cannot hold the next worker
+beside the ones running, the running group is measured and closed first (the JSON records the groups).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from turbo_runtime.cli import cli_errors, setup_logging
+from turbo_runtime.errors import InputError, TurboError
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+PEERS = ("diffusers", "optimum-intel")
+PROMPT = "a photograph of an astronaut riding a horse"
+_PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "optimum_intel_bench.py"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str
+    backends: tuple[str, ...] = BACKENDS
+    peers: tuple[str, ...] = ()
+    peer_python: str | None = None  # interpreter of the optimum-intel environment
+    dtype: str | None = None
+    precision: str = "fp32"
+    steps: int = 1
+    runs: int = 5
+    warmup: int = 1
+    threads: int | None = None
+    height: int = 512
+    width: int = 512
+    seed: int = 0
+    prompt: str = PROMPT
+    out: Path = Path("bench-results")
+    quiet: bool = False
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Worker:
+    """A subject's process; its start-up is measured from spawn to its "ready" line."""
+
+    def __init__(self, subject: str, artifacts: Path, config: BenchConfig, cache_dir: Path, dtype: str | None):
+        cmd = [sys.executable, "-m", "benchmarks.worker", "--subject", subject, "--artifacts", str(artifacts),
+               "--prompt", config.prompt, "--steps", str(config.steps), "--seed", str(config.seed),
+               "--cache-dir", str(cache_dir)]
+        if dtype:
+            cmd += ["--dtype", dtype]
+        if config.threads:
+            cmd += ["--threads", str(config.threads)]
+        self.subject = subject
+        t0 = time.perf_counter()
+        root = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root)
+        ready = self._read("ready")
+        self.startup_s = time.perf_counter() - t0
+        self.load_s, self.precision = ready["load_s"], ready["precision"]
+
+    def _read(self, event: str) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise TurboError(f"benchmark worker for {self.subject} exited with code {code} (see its stderr above)")
+        msg = json.loads(line)
+        assert msg["event"] == event, msg
+        return msg
+
+    def run(self, save: Path | None = None) -> dict:
+        self.proc.stdin.write(json.dumps({"cmd": "run", "save": str(save) if save else None}) + "\n")
+        self.proc.stdin.flush()
+        return self._read("run")
+
+    def close(self) -> int:
+        self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+        self.proc.stdin.flush()
+        peak = self._read("exit")["peak_rss_bytes"]
+        self.proc.wait()
+        return peak
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def compare_images(image: np.ndarray, reference: np.ndarray) -> dict:
+    """Max absolute difference (0-255 scale) and PSNR (dB) of uint8 images."""
+    diff = image.astype(np.float64) - reference.astype(np.float64)
+    mse = float(np.mean(diff**2))
+    return {"max_abs": float(np.abs(diff).max()), "psnr_db": float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)}
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+        flags = next(line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags"))
+        info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma", "avx_vnni")))
+        info["memory_bytes"] = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        pass
+    versions = {}
+    for dist in ("turbo-runtime", "torch", "diffusers", "transformers", "onnxruntime", "openvino", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    info["versions"] = versions
+    return info
+
+
+def _run_group(group: list[Worker], config: BenchConfig, images: Path, raw: dict, bar) -> None:
+    for _ in range(config.warmup):
+        for w in group:
+            w.run()
+            bar.update(1)
+    for r in range(config.runs):
+        for w in group:  # interleaved: run r of every subject before run r + 1 of any
+            save = images / f"{w.subject}.npy" if r == config.runs - 1 else None
+            raw[w.subject]["runs"].append(w.run(save))
+            bar.update(1)
+    for w in group:
+        raw[w.subject]["peak_rss_bytes"] = w.close()
+
+
+def _optimum_intel(config: BenchConfig, source_path: Path, latents: Path, out: Path) -> dict:
+    if not config.peer_python:
+        return {"skipped": "no --peer-python: optimum-intel needs its own environment (benchmarks/peers/README.md)"}
+    result = out / "peers" / "optimum-intel.json"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [config.peer_python, str(_PEER_SCRIPT), "--model", str(source_path), "--ir-dir",
+           str(out / "peers" / "optimum-intel-ir"), "--latents", str(latents), "--prompt", config.prompt,
+           "--steps", str(config.steps), "--runs", str(config.runs), "--warmup", str(config.warmup),
+           "--height", str(config.height), "--width", str(config.width), "--out", str(result),
+           "--precision", "f32" if config.dtype == "float32" else "default"]
+    if config.threads:
+        cmd += ["--threads", str(config.threads)]
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        return {"skipped": f"optimum-intel run failed: {proc.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(result.read_text())
+
+
+def run_bench(config: BenchConfig) -> dict:
+    from tqdm import tqdm
+
+    from export.exporter import ExportConfig, export_model
+    from export.sources import resolve
+    from turbo_runtime.artifacts import Artifacts
+    from turbo_runtime.sampler import NoiseSource
+
+    for name in config.backends:
+        if name not in BACKENDS:
+            raise InputError(f"unknown backend {name!r}; choose from: {', '.join(BACKENDS)}")
+    for name in config.peers:
+        if name not in PEERS:
+            raise InputError(f"unknown peer {name!r}; choose from: {', '.join(PEERS)}")
+    out = config.out.resolve()
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    artifacts = export_model(ExportConfig(config.model, precision=config.precision, height=config.height,
+                                          width=config.width, quiet=config.quiet))
+    export_s = time.perf_counter() - t0
+    art = Artifacts.load(artifacts)
+    latents = out / "latents.npy"
+    np.save(latents, NoiseSource(config.seed).normal(art.io("unet").inputs[0].shape))
+
+    subjects = [(b, config.dtype) for b in config.backends]
+    subjects += [("diffusers", None)] * ("diffusers" in config.peers)
+    reference_in_runs = ("torch", config.dtype) in subjects and config.dtype in (None, "float32")
+    if not reference_in_runs:
+        subjects.append(("torch-reference", "float32"))
+    cache = out / "openvino-cache"
+    shutil.rmtree(cache, ignore_errors=True)  # the first starts are cold
+
+    raw: dict[str, dict] = {}
+    groups: list[list[str]] = []
+    total = (len(subjects)) * (config.runs + config.warmup)
+    with tqdm(total=total, desc="bench", unit="run", disable=config.quiet) as bar:
+        group: list[Worker] = []
+        for subject, dtype in subjects:
+            need = max((_rss(w.proc.pid) for w in group), default=0) * 1.2
+            if group and _mem_available() < need:
+                _run_group(group, config, images, raw, bar)
+                groups.append([w.subject for w in group])
+                group = []
+            name = "torch" if subject == "torch-reference" else subject
+            bar.set_description(f"starting {subject}")
+            w = Worker(name, artifacts, config, cache, dtype)
+            w.subject = subject
+            raw[subject] = {"startup_cold_s": w.startup_s, "load_s": w.load_s, "precision": w.precision, "runs": []}
+            group.append(w)
+            bar.set_description("bench")
+        _run_group(group, config, images, raw, bar)
+        groups.append([w.subject for w in group])
+    for subject, dtype in subjects:  # second start: OS file cache and OpenVINO compile cache warm
+        name = "torch" if subject == "torch-reference" else subject
+        w = Worker(name, artifacts, config, cache, dtype)
+        raw[subject]["startup_warm_s"] = w.startup_s
+        raw[subject]["load_warm_s"] = w.load_s
+        w.close()
+
+    ref_name = "torch" if reference_in_runs else "torch-reference"
+    reference = np.load(images / f"{ref_name}.npy")
+    results = {}
+    for subject, entry in raw.items():
+        runs = entry["runs"]
+        unet_steps = [s for run in runs for s in run["stages"]["unet"]]
+        results[subject] = {
+            "kind": "peer" if subject == "diffusers" else "reference" if subject == "torch-reference" else "backend",
+            "precision": entry["precision"],
+            "end_to_end_s": _summary([r["e2e_s"] for r in runs]),
+            "text_encoder_s": _summary([r["stages"]["text_encoder"] for r in runs]),
+            "unet_step_s": _summary(unet_steps),
+            "vae_decoder_s": _summary([r["stages"]["vae_decoder"] for r in runs]),
+            "startup_cold_s": entry["startup_cold_s"],
+            "startup_warm_s": entry["startup_warm_s"],
+            "load_cold_s": entry["load_s"],
+            "load_warm_s": entry["load_warm_s"],
+            "peak_rss_bytes": entry["peak_rss_bytes"],
+            "accuracy_vs_torch_fp32": compare_images(np.load(images / f"{subject}.npy"), reference),
+        }
+    peers = {}
+    source_path = resolve(art.model_id).path
+    for peer in config.peers:
+        if peer == "optimum-intel":
+            peers[peer] = _optimum_intel(config, source_path, latents, out)
+            if "runs" in peers[peer]:
+                image = (np.load(Path(peers[peer]["image"])) * 255).round().astype(np.uint8)
+                peers[peer]["accuracy_vs_torch_fp32"] = compare_images(image, reference)
+    report = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": {**asdict(config), "out": str(out)},
+        "machine": machine(),
+        "artifacts": str(artifacts),
+        "export_s": export_s,
+        "groups": groups,
+        "raw": raw,
+        "results": results,
+        "peers": peers,
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    from benchmarks.report import write_reports
+
+    write_reports(report, out)
+    return report
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="turbo-bench", description=__doc__)
+    p.add_argument("--model", required=True, help="anything turbo-export accepts (sd-turbo-arch: full size, no download)")
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="B")
+    p.add_argument("--peers", nargs="*", default=[], metavar="P", help=f"any of: {', '.join(PEERS)}")
+    p.add_argument("--peer-python", help="python of the optimum-intel environment (benchmarks/peers/README.md)")
+    p.add_argument("--dtype", help="inference precision for every backend (default: each backend's best)")
+    p.add_argument("--precision", default="fp32", help="export precision of the artifacts")
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(False, args.quiet)
+    if args.runs < 1 or args.warmup < 0:
+        raise InputError("--runs must be at least 1 and --warmup at least 0")
+    config = BenchConfig(
+        args.model, tuple(args.backends), tuple(args.peers), args.peer_python, args.dtype, args.precision,
+        args.steps, args.runs, args.warmup, args.threads, args.height, args.width, out=args.out, quiet=args.quiet,
+    )
+    run_bench(config)
+    print((config.out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

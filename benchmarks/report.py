@@ -1,0 +1,113 @@
+"""results.json -> results.md (a table) and results.png (per-stage stacked bars beside accuracy)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_GIB = 1 << 30
+
+
+def _row(name: str, r: dict) -> dict:
+    """Common figures of a subject (ours or a peer's JSON) for the table and chart."""
+    if "end_to_end_s" in r:
+        return {
+            "name": name,
+            "precision": r["precision"],
+            "e2e": r["end_to_end_s"],
+            "text": r["text_encoder_s"]["median"],
+            "unet": r["unet_step_s"]["median"],
+            "vae": r["vae_decoder_s"]["median"],
+            "start": f"{r['startup_cold_s']:.1f} / {r['startup_warm_s']:.1f}",
+            "rss": r["peak_rss_bytes"] / _GIB,
+            "acc": r["accuracy_vs_torch_fp32"],
+        }
+    runs = sorted(r["runs"])
+    stages = r.get("stage_medians_s", {})
+    return {
+        "name": name,
+        "precision": r.get("compiled_properties", {}).get("unet", {}).get("INFERENCE_PRECISION_HINT", "default"),
+        "e2e": {"median": r.get("median_s", runs[len(runs) // 2]), "min": runs[0], "max": runs[-1]},
+        "text": stages.get("text_encoder", float("nan")),
+        "unet": stages.get("unet", float("nan")),
+        "vae": stages.get("vae_decoder", float("nan")),
+        "start": f"load {r.get('load_s', float('nan')):.1f} + compile {r.get('compile_s', float('nan')):.1f}",
+        "rss": r.get("peak_rss_bytes", 0) / _GIB,
+        "acc": r.get("accuracy_vs_torch_fp32", {"max_abs": float("nan"), "psnr_db": float("nan")}),
+    }
+
+
+def rows(report: dict) -> list[dict]:
+    out = [_row(name, r) for name, r in report["results"].items()]
+    out += [_row(name, r) for name, r in report["peers"].items() if "runs" in r]
+    return out
+
+
+def markdown(report: dict) -> str:
+    cfg, m = report["config"], report["machine"]
+    lines = [
+        f"# turbo-bench: {cfg['model']}, {cfg['height']}x{cfg['width']}, {cfg['steps']} step(s), "
+        f"{cfg['runs']} runs after {cfg['warmup']} warm-up",
+        "",
+        f"{report['created']} · {m.get('cpu', '?')} · {m.get('cores')} cores · "
+        + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
+        "",
+        "| subject | precision | end to end, median (min–max) s | text enc s | UNet step s | VAE decode s "
+        "| start-up cold / warm s | peak RSS GiB | max abs diff vs torch fp32 (0–255) | PSNR dB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows(report):
+        e = r["e2e"]
+        lines.append(
+            f"| {r['name']} | {r['precision']} | {e['median']:.3f} ({e['min']:.3f}–{e['max']:.3f}) | {r['text']:.3f} "
+            f"| {r['unet']:.3f} | {r['vae']:.3f} | {r['start']} | {r['rss']:.1f} | {r['acc']['max_abs']:.0f} "
+            f"| {r['acc']['psnr_db']:.1f} |"
+        )
+    skipped = {name: p["skipped"] for name, p in report["peers"].items() if "skipped" in p}
+    for name, why in skipped.items():
+        lines.append(f"\nSkipped {name}: {why}")
+    lines.append(f"\nWorkers measured side by side, runs interleaved, in groups: {report['groups']}.")
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no chart (pip install \"turbo-runtime[bench]\")")
+        return False
+    data = rows(report)
+    names = [r["name"] for r in data]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.6 * len(names) + 2), gridspec_kw={"width_ratios": [3, 1]})
+    left = [0.0] * len(names)
+    steps = report["config"]["steps"]
+    for label, key, scale in (("text encoder", "text", 1), (f"UNet x{steps}", "unet", steps), ("VAE decode", "vae", 1)):
+        widths = [(r[key] if r[key] == r[key] else 0.0) * scale for r in data]
+        ax1.barh(names, widths, left=left, label=label)
+        left = [a + b for a, b in zip(left, widths)]
+    other = [max(r["e2e"]["median"] - s, 0.0) for r, s in zip(data, left)]
+    ax1.barh(names, other, left=left, label="other", color="lightgrey")
+    ax1.set_xlabel("seconds (median)")
+    ax1.invert_yaxis()
+    ax1.legend(loc="lower right")
+    ax1.set_title("time per image, by stage")
+    psnr = [min(r["acc"]["psnr_db"], 100.0) for r in data]
+    ax2.barh(names, psnr, color="tab:green")
+    ax2.invert_yaxis()
+    ax2.set_yticklabels([])
+    ax2.set_xlabel("PSNR vs torch fp32, dB (capped at 100)")
+    ax2.set_title("accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_reports(report: dict, out: Path) -> None:
+    (out / "results.md").write_text(markdown(report))
+    chart(report, out / "results.png")
