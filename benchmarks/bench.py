@@ -73,14 +73,7 @@ def _rss(pid: int) -> int:
 class Worker:
     """A subject's process; its start-up is measured from spawn to its "ready" line."""
 
-    def __init__(self, subject: str, artifacts: Path, config: BenchConfig, cache_dir: Path, dtype: str | None):
-        cmd = [sys.executable, "-m", "benchmarks.worker", "--subject", subject, "--artifacts", str(artifacts),
-               "--prompt", config.prompt, "--steps", str(config.steps), "--seed", str(config.seed),
-               "--cache-dir", str(cache_dir)]
-        if dtype:
-            cmd += ["--dtype", dtype]
-        if config.threads:
-            cmd += ["--threads", str(config.threads)]
+    def __init__(self, subject: str, cmd: list[str]):
         self.subject = subject
         t0 = time.perf_counter()
         root = Path(__file__).resolve().parent.parent
@@ -156,22 +149,19 @@ def _run_group(group: list[Worker], config: BenchConfig, images: Path, raw: dict
         raw[w.subject]["peak_rss_bytes"] = w.close()
 
 
-def _optimum_intel(config: BenchConfig, source_path: Path, latents: Path, out: Path) -> dict:
-    if not config.peer_python:
-        return {"skipped": "no --peer-python: optimum-intel needs its own environment (benchmarks/peers/README.md)"}
-    result = out / "peers" / "optimum-intel.json"
-    result.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [config.peer_python, str(_PEER_SCRIPT), "--model", str(source_path), "--ir-dir",
-           str(out / "peers" / "optimum-intel-ir"), "--latents", str(latents), "--prompt", config.prompt,
-           "--steps", str(config.steps), "--runs", str(config.runs), "--warmup", str(config.warmup),
-           "--height", str(config.height), "--width", str(config.width), "--out", str(result),
-           "--precision", "f32" if config.dtype == "float32" else "default"]
-    if config.threads:
-        cmd += ["--threads", str(config.threads)]
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        return {"skipped": f"optimum-intel run failed: {proc.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(result.read_text())
+def _worker_cmd(subject: str, dtype: str | None, config: BenchConfig, artifacts: Path, source: Path,
+                latents: Path, out: Path) -> list[str]:
+    """Command line of a subject's worker: ours (benchmarks/worker.py) or the optimum-intel script's serve mode."""
+    common = ["--prompt", config.prompt, "--steps", str(config.steps)]
+    common += ["--threads", str(config.threads)] if config.threads else []
+    if subject == "optimum-intel":
+        return [config.peer_python, str(_PEER_SCRIPT), "--serve", "--model", str(source), "--ir-dir",
+                str(out / "peers" / "optimum-intel-ir"), "--latents", str(latents), "--height", str(config.height),
+                "--width", str(config.width), "--precision", "f32" if dtype == "float32" else "default", *common]
+    name = "torch" if subject == "torch-reference" else subject
+    cmd = [sys.executable, "-m", "benchmarks.worker", "--subject", name, "--artifacts", str(artifacts),
+           "--seed", str(config.seed), "--cache-dir", str(out / "openvino-cache"), *common]
+    return cmd + (["--dtype", dtype] if dtype else [])
 
 
 def run_bench(config: BenchConfig) -> dict:
@@ -199,37 +189,43 @@ def run_bench(config: BenchConfig) -> dict:
     latents = out / "latents.npy"
     np.save(latents, NoiseSource(config.seed).normal(art.io("unet").inputs[0].shape))
 
+    source = resolve(art.model_id).path
     subjects = [(b, config.dtype) for b in config.backends]
     subjects += [("diffusers", None)] * ("diffusers" in config.peers)
+    skipped = {}
+    if "optimum-intel" in config.peers:
+        if config.peer_python:
+            subjects.append(("optimum-intel", config.dtype))
+        else:
+            skipped["optimum-intel"] = "no --peer-python: it needs its own environment (benchmarks/peers/README.md)"
     reference_in_runs = ("torch", config.dtype) in subjects and config.dtype in (None, "float32")
     if not reference_in_runs:
         subjects.append(("torch-reference", "float32"))
-    cache = out / "openvino-cache"
-    shutil.rmtree(cache, ignore_errors=True)  # the first starts are cold
+    cmds = {s: _worker_cmd(s, d, config, artifacts, source, latents, out) for s, d in subjects}
+    shutil.rmtree(out / "openvino-cache", ignore_errors=True)  # the first starts are cold
+    if "optimum-intel" in cmds:  # its first start exports its IR: do that before anything is timed
+        Worker("optimum-intel", cmds["optimum-intel"]).close()
 
     raw: dict[str, dict] = {}
     groups: list[list[str]] = []
-    total = (len(subjects)) * (config.runs + config.warmup)
+    total = len(subjects) * (config.runs + config.warmup)
     with tqdm(total=total, desc="bench", unit="run", disable=config.quiet) as bar:
         group: list[Worker] = []
-        for subject, dtype in subjects:
+        for subject, _ in subjects:
             need = max((_rss(w.proc.pid) for w in group), default=0) * 1.2
             if group and _mem_available() < need:
                 _run_group(group, config, images, raw, bar)
                 groups.append([w.subject for w in group])
                 group = []
-            name = "torch" if subject == "torch-reference" else subject
             bar.set_description(f"starting {subject}")
-            w = Worker(name, artifacts, config, cache, dtype)
-            w.subject = subject
+            w = Worker(subject, cmds[subject])
             raw[subject] = {"startup_cold_s": w.startup_s, "load_s": w.load_s, "precision": w.precision, "runs": []}
             group.append(w)
             bar.set_description("bench")
         _run_group(group, config, images, raw, bar)
         groups.append([w.subject for w in group])
-    for subject, dtype in subjects:  # second start: OS file cache and OpenVINO compile cache warm
-        name = "torch" if subject == "torch-reference" else subject
-        w = Worker(name, artifacts, config, cache, dtype)
+    for subject, _ in subjects:  # second start: OS file cache and OpenVINO compile caches warm
+        w = Worker(subject, cmds[subject])
         raw[subject]["startup_warm_s"] = w.startup_s
         raw[subject]["load_warm_s"] = w.load_s
         w.close()
@@ -241,7 +237,7 @@ def run_bench(config: BenchConfig) -> dict:
         runs = entry["runs"]
         unet_steps = [s for run in runs for s in run["stages"]["unet"]]
         results[subject] = {
-            "kind": "peer" if subject == "diffusers" else "reference" if subject == "torch-reference" else "backend",
+            "kind": "peer" if subject in PEERS else "reference" if subject == "torch-reference" else "backend",
             "precision": entry["precision"],
             "end_to_end_s": _summary([r["e2e_s"] for r in runs]),
             "text_encoder_s": _summary([r["stages"]["text_encoder"] for r in runs]),
@@ -254,14 +250,6 @@ def run_bench(config: BenchConfig) -> dict:
             "peak_rss_bytes": entry["peak_rss_bytes"],
             "accuracy_vs_torch_fp32": compare_images(np.load(images / f"{subject}.npy"), reference),
         }
-    peers = {}
-    source_path = resolve(art.model_id).path
-    for peer in config.peers:
-        if peer == "optimum-intel":
-            peers[peer] = _optimum_intel(config, source_path, latents, out)
-            if "runs" in peers[peer]:
-                image = (np.load(Path(peers[peer]["image"])) * 255).round().astype(np.uint8)
-                peers[peer]["accuracy_vs_torch_fp32"] = compare_images(image, reference)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": {**asdict(config), "out": str(out)},
@@ -271,7 +259,7 @@ def run_bench(config: BenchConfig) -> dict:
         "groups": groups,
         "raw": raw,
         "results": results,
-        "peers": peers,
+        "skipped": skipped,
     }
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     from benchmarks.report import write_reports

@@ -10,10 +10,10 @@ log = logging.getLogger(__name__)
 _GIB = 1 << 30
 
 
-def _row(name: str, r: dict) -> dict:
-    """Common figures of a subject (ours or a peer's JSON) for the table and chart."""
-    if "end_to_end_s" in r:
-        return {
+def rows(report: dict) -> list[dict]:
+    out = []
+    for name, r in report["results"].items():
+        out.append({
             "name": name,
             "precision": r["precision"],
             "e2e": r["end_to_end_s"],
@@ -23,25 +23,7 @@ def _row(name: str, r: dict) -> dict:
             "start": f"{r['startup_cold_s']:.1f} / {r['startup_warm_s']:.1f}",
             "rss": r["peak_rss_bytes"] / _GIB,
             "acc": r["accuracy_vs_torch_fp32"],
-        }
-    runs = sorted(r["runs"])
-    stages = r.get("stage_medians_s", {})
-    return {
-        "name": name,
-        "precision": r.get("compiled_properties", {}).get("unet", {}).get("INFERENCE_PRECISION_HINT", "default"),
-        "e2e": {"median": r.get("median_s", runs[len(runs) // 2]), "min": runs[0], "max": runs[-1]},
-        "text": stages.get("text_encoder", float("nan")),
-        "unet": stages.get("unet", float("nan")),
-        "vae": stages.get("vae_decoder", float("nan")),
-        "start": f"load {r.get('load_s', float('nan')):.1f} + compile {r.get('compile_s', float('nan')):.1f}",
-        "rss": r.get("peak_rss_bytes", 0) / _GIB,
-        "acc": r.get("accuracy_vs_torch_fp32", {"max_abs": float("nan"), "psnr_db": float("nan")}),
-    }
-
-
-def rows(report: dict) -> list[dict]:
-    out = [_row(name, r) for name, r in report["results"].items()]
-    out += [_row(name, r) for name, r in report["peers"].items() if "runs" in r]
+        })
     return out
 
 
@@ -65,8 +47,7 @@ def markdown(report: dict) -> str:
             f"| {r['unet']:.3f} | {r['vae']:.3f} | {r['start']} | {r['rss']:.1f} | {r['acc']['max_abs']:.0f} "
             f"| {r['acc']['psnr_db']:.1f} |"
         )
-    skipped = {name: p["skipped"] for name, p in report["peers"].items() if "skipped" in p}
-    for name, why in skipped.items():
+    for name, why in report["skipped"].items():
         lines.append(f"\nSkipped {name}: {why}")
     lines.append(f"\nWorkers measured side by side, runs interleaved, in groups: {report['groups']}.")
     return "\n".join(lines) + "\n"
@@ -87,7 +68,7 @@ def chart(report: dict, path: Path) -> bool:
     left = [0.0] * len(names)
     steps = report["config"]["steps"]
     for label, key, scale in (("text encoder", "text", 1), (f"UNet x{steps}", "unet", steps), ("VAE decode", "vae", 1)):
-        widths = [(r[key] if r[key] == r[key] else 0.0) * scale for r in data]
+        widths = [r[key] * scale for r in data]
         ax1.barh(names, widths, left=left, label=label)
         left = [a + b for a, b in zip(left, widths)]
     other = [max(r["e2e"]["median"] - s, 0.0) for r, s in zip(data, left)]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import logging
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -36,7 +37,6 @@ class ExportConfig:
     force: bool = False  # replace an output folder that holds something other than artifacts
     allow_pickle: bool = False
     quiet: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def check_config(config: ExportConfig) -> None:
@@ -118,8 +118,10 @@ def _install(tmp: Path, out: Path) -> None:
         old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
         out.rename(old)
     tmp.rename(out)
-    if old is not None:
+    if old is not None and old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink()
 
 
 def export_model(config: ExportConfig) -> Path:
@@ -135,22 +137,25 @@ def export_model(config: ExportConfig) -> Path:
     source = resolve(config.model, allow_pickle=config.allow_pickle)
     out = Path(config.out or default_out(config.model, config.height, config.width, config.precision))
     out = out.expanduser().resolve()
-    if _reusable(out, source.source_hash, config):
-        log.info("reusing artifacts in %s (same source, shape and precision)", out)
-        return out
-    if out.exists() and not (out / MANIFEST).is_file():
-        if not out.is_dir() or (any(out.iterdir()) and not config.force):
-            raise ArtifactError(f"{out} exists and does not hold turbo-runtime artifacts; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by an interrupted export
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        manifest = _export_into(tmp, source, config)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _install(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # One export per target at a time: a second one waits, then finds the first one's artifacts reusable.
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _reusable(out, source.source_hash, config):
+            log.info("reusing artifacts in %s (same source, shape and precision)", out)
+            return out
+        foreign = out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir()))
+        if foreign and not config.force:
+            raise ArtifactError(f"{out} exists and does not hold turbo-runtime artifacts; pass --force to replace it")
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by an interrupted export
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            manifest = _export_into(tmp, source, config)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            _install(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -107,7 +107,7 @@ def test_reuse_when_unchanged_and_rebuild_when_the_source_changes(tmp_path):
     assert second["model"]["source_hash"] != first["model"]["source_hash"]
     assert second["files"]["onnx/unet/model.onnx"] != first["files"]["onnx/unet/model.onnx"]
     assert second["files"]["onnx/text_encoder/model.onnx"] == first["files"]["onnx/text_encoder/model.onnx"]
-    assert not list(tmp_path.glob(".art.*"))  # no temporary or old folders left beside it
+    assert not [p for p in tmp_path.glob(".art.*") if p.is_dir()]  # no temporary or old folders left beside it
 
 
 def test_a_changed_byte_is_refused_by_the_runtime(tmp_path, sd_artifacts):
@@ -180,6 +180,8 @@ def hub(tmp_path, monkeypatch):
     snapshot = cache / "models--acme--tiny-sd-turbo" / "snapshots" / REVISION
     shutil.copytree(replica_path("tiny-sd-turbo"), snapshot)
     (snapshot / "replica.json").unlink()
+    (cache / "models--acme--tiny-sd-turbo" / "refs").mkdir()
+    (cache / "models--acme--tiny-sd-turbo" / "refs" / "main").write_text(REVISION)
     files, _ = folder_files(snapshot, get_family("sd-turbo"))
     pins = {f: sha256_file(snapshot / f) for f in files}
     lock = tmp_path / "models.lock"
@@ -219,6 +221,20 @@ def test_hub_without_network_or_cache_names_the_folder_alternative(hub, tmp_path
     shutil.rmtree(env["HF_HUB_CACHE"])
     result = run_cli("turbo-export", "acme/tiny-sd-turbo", "--out", str(tmp_path / "art"), *SMALL, env=env)
     assert_one_line_error(result, "acme/tiny-sd-turbo", "offline", "pass its folder")
+
+
+def test_update_lock_pins_the_resolved_revision_and_hashes(hub, tmp_path):
+    import tomllib
+
+    env, pins, _ = hub
+    Path(env["TURBO_RUNTIME_LOCK"]).write_text("")
+    result = run_cli("turbo-export", "--update-lock", "acme/tiny-sd-turbo", "--family", "sd-turbo", env=env)
+    assert result.returncode == 0, result.stderr
+    entry = tomllib.loads(Path(env["TURBO_RUNTIME_LOCK"]).read_text())["models"]["acme/tiny-sd-turbo"]
+    assert (entry["revision"], entry["family"], entry["files"]) == (REVISION, "sd-turbo", pins)
+    result = run_cli("turbo-export", "acme/tiny-sd-turbo", "--out", str(tmp_path / "art"), "--format", "onnx",
+                     *SMALL, env=env)
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_lock_parses_and_pins_every_file():

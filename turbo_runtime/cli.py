@@ -36,6 +36,9 @@ def cli_errors(main: Callable[[list[str] | None], int]) -> Callable[[list[str] |
 
 def setup_logging(verbose: bool, quiet: bool = False) -> None:
     level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    if not verbose:  # transformers and diffusers print notices about optional packages at import
+        for lib in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+            os.environ.setdefault(lib, "error")
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
 
 

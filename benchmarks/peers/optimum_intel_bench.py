@@ -20,6 +20,15 @@ turbo-runtime venv; the two cannot share an environment).
   ``scheduler.init_noise_sigma``).
 * Writes the JSON result to --out and the last output image (N x H x W x 3 float32 in [0, 1]) to --out with
   the suffix .npy.
+
+Serve mode (``--serve``; --runs, --warmup and --out are not needed) keeps the compiled pipeline in memory and
+speaks JSON lines like benchmarks/worker.py: once loaded it prints
+``{"event": "ready", "load_s": <load+reshape+compile s>, "precision": <UNet INFERENCE_PRECISION_HINT>}``; each
+stdin line ``{"cmd": "run", "save": PATH|null}`` runs the pipeline once and prints
+``{"event": "run", "e2e_s": <pipe call + uint8 conversion s>, "stages": {"text_encoder": s, "unet": [s, ...],
+"vae_decoder": s}}`` (np.save-ing the N x H x W x 3 uint8 image to PATH first); ``{"cmd": "quit"}`` (or end of
+input) prints ``{"event": "exit", "peak_rss_bytes": ...}``. Only protocol lines go to stdout; everything else,
+native libraries' output included, goes to stderr.
 """
 
 from __future__ import annotations
@@ -276,37 +285,34 @@ def _input_shapes(part) -> dict:
     return {inp.get_any_name(): str(inp.get_partial_shape()) for inp in part.model.inputs}
 
 
-def benchmark(args) -> dict:
-    import numpy as np
-
+def _ensure_ir(args) -> dict | None:
+    """Export the IR once (child process) unless ir_dir already holds one; return the export info or None."""
     ir_dir = Path(args.ir_dir)
-    result: dict = {"pipeline": PIPELINE_NAME}
+    if _has_ir(ir_dir):
+        return None
+    print(f"[bench] no IR in {ir_dir}: exporting {args.model} ...", file=sys.stderr, flush=True)
+    export_info = run_export_child(Path(args.model), ir_dir, args.threads)
+    print(f"[bench] export took {export_info['export_s']:.1f} s", file=sys.stderr, flush=True)
+    return export_info
 
-    # 1. Export once (child process), unless the IR is already there.
-    export_info = None
-    if not _has_ir(ir_dir):
-        print(f"[bench] no IR in {ir_dir}: exporting {args.model} ...", file=sys.stderr, flush=True)
-        export_info = run_export_child(Path(args.model), ir_dir, args.threads)
-        print(f"[bench] export took {export_info['export_s']:.1f} s", file=sys.stderr, flush=True)
-    result["export_s"] = export_info["export_s"] if export_info else None
-    result["export"] = export_info
-    meta = ir_dir / "bench_export.json"
-    result["export_workarounds"] = json.loads(meta.read_text()).get("workarounds") if meta.is_file() else None
 
-    t0 = time.perf_counter()
-    import torch
-    from optimum.intel import OVStableDiffusionPipeline
-
-    import_s = time.perf_counter() - t0
-    torch.set_num_threads(args.threads)
-    result["versions"] = _versions()
-
-    latents = np.load(args.latents).astype(np.float32, copy=False)
-
-    # 2. Load the IR (no compilation).
+def _ov_config(args) -> dict:
     ov_config = {"INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY"}
     if args.precision == "f32":
         ov_config["INFERENCE_PRECISION_HINT"] = "f32"
+    return ov_config
+
+
+def _load_compile(args, latents) -> dict:
+    """Load the IR (compile=False), reshape it statically, compile the text-to-image parts and wrap them with
+    stage timers. Returns the pipeline with the timings and properties of each step."""
+    import torch
+    from optimum.intel import OVStableDiffusionPipeline
+
+    ir_dir = Path(args.ir_dir)
+    ov_config = _ov_config(args)
+
+    # Load the IR (no compilation).
     t0 = time.perf_counter()
     pipe = OVStableDiffusionPipeline.from_pretrained(str(ir_dir), compile=False, ov_config=ov_config)
     load_s = time.perf_counter() - t0
@@ -319,14 +325,14 @@ def benchmark(args) -> dict:
     if tuple(latents.shape) != expected:
         raise SystemExit(f"latents {args.latents} have shape {tuple(latents.shape)}, expected {expected}")
 
-    # 3. Static shapes; UNet back to batch 1 (guidance_scale=0 -> no unconditional half).
+    # Static shapes; UNet back to batch 1 (guidance_scale=0 -> no unconditional half).
     t0 = time.perf_counter()
     pipe.reshape(batch_size=1, height=args.height, width=args.width, num_images_per_prompt=1)
     _fix_unet_batch(pipe, 1)
     reshape_s = time.perf_counter() - t0
-    result["input_shapes"] = {name: _input_shapes(getattr(pipe, name)) for name in STAGES}
+    input_shapes = {name: _input_shapes(getattr(pipe, name)) for name in STAGES}
 
-    # 4. Compile the parts text-to-image uses, each timed.
+    # Compile the parts text-to-image uses, each timed.
     compile_parts = {}
     for name in STAGES:
         part = getattr(pipe, name)
@@ -346,7 +352,7 @@ def benchmark(args) -> dict:
                 pass
         compiled[name] = props
 
-    # 5. Timers on the parts, then warm-up and timed runs.
+    # Timers on the parts.
     timers = {name: StageTimer(getattr(pipe, name), name) for name in STAGES}
     call_kwargs = dict(
         prompt=args.prompt,
@@ -358,6 +364,51 @@ def benchmark(args) -> dict:
         latents=torch.from_numpy(latents),
         output_type="np",
     )
+    return {
+        "pipe": pipe,
+        "timers": timers,
+        "call_kwargs": call_kwargs,
+        "ov_config": ov_config,
+        "load_s": load_s,
+        "reshape_s": reshape_s,
+        "input_shapes": input_shapes,
+        "compile_s": compile_s,
+        "compile_parts_s": compile_parts,
+        "compiled": compiled,
+    }
+
+
+def benchmark(args) -> dict:
+    import numpy as np
+
+    ir_dir = Path(args.ir_dir)
+    result: dict = {"pipeline": PIPELINE_NAME}
+
+    # 1. Export once (child process), unless the IR is already there.
+    export_info = _ensure_ir(args)
+    result["export_s"] = export_info["export_s"] if export_info else None
+    result["export"] = export_info
+    meta = ir_dir / "bench_export.json"
+    result["export_workarounds"] = json.loads(meta.read_text()).get("workarounds") if meta.is_file() else None
+
+    t0 = time.perf_counter()
+    import torch
+    from optimum.intel import OVStableDiffusionPipeline  # noqa: F401  (timed import)
+
+    import_s = time.perf_counter() - t0
+    torch.set_num_threads(args.threads)
+    result["versions"] = _versions()
+
+    latents = np.load(args.latents).astype(np.float32, copy=False)
+
+    # 2.-4. Load the IR, reshape statically, compile; timers on the parts.
+    state = _load_compile(args, latents)
+    pipe, timers, call_kwargs, ov_config = state["pipe"], state["timers"], state["call_kwargs"], state["ov_config"]
+    load_s, reshape_s, compile_s = state["load_s"], state["reshape_s"], state["compile_s"]
+    compile_parts, compiled = state["compile_parts_s"], state["compiled"]
+    result["input_shapes"] = state["input_shapes"]
+
+    # 5. Warm-up and timed runs.
     for _ in range(args.warmup):
         pipe(**call_kwargs)
     for t in timers.values():
@@ -424,6 +475,77 @@ def benchmark(args) -> dict:
     return result
 
 
+def _protocol_stdout():
+    """Serve mode: return a text stream on the real stdout for protocol lines, and send everything else that
+    would go to stdout (Python prints and native libraries writing to fd 1 alike) to stderr."""
+    sys.stdout.flush()
+    proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)  # fd 1 -> stderr, for C/C++ output
+    sys.stdout = sys.stderr
+    return proto
+
+
+def serve(args) -> int:
+    """Keep the compiled pipeline in memory and speak JSON lines, like benchmarks/worker.py: print
+    {"event": "ready", "load_s", "precision"} once compiled, answer each {"cmd": "run", "save": PATH|null} with
+    {"event": "run", "e2e_s", "stages"}, and {"cmd": "quit"} (or end of input) with
+    {"event": "exit", "peak_rss_bytes"}."""
+    proto = _protocol_stdout()
+
+    def emit(**event) -> None:
+        proto.write(json.dumps(event) + "\n")
+        proto.flush()
+
+    import numpy as np
+
+    _ensure_ir(args)  # child process: its memory does not count here
+    t0 = time.perf_counter()
+    import torch
+    from optimum.intel import OVStableDiffusionPipeline  # noqa: F401
+
+    import_s = time.perf_counter() - t0
+    torch.set_num_threads(args.threads)
+    latents = np.load(args.latents).astype(np.float32, copy=False)
+    state = _load_compile(args, latents)
+    pipe, timers, call_kwargs = state["pipe"], state["timers"], state["call_kwargs"]
+    load_s = state["load_s"] + state["reshape_s"] + state["compile_s"]
+    precision = state["compiled"]["unet"].get("INFERENCE_PRECISION_HINT")
+    print(
+        f"[bench] serve: import {import_s:.2f} s, load {state['load_s']:.2f} s, reshape {state['reshape_s']:.2f} s, "
+        f"compile {state['compile_s']:.2f} s; compiled {json.dumps(state['compiled'])}",
+        file=sys.stderr,
+        flush=True,
+    )
+    emit(event="ready", load_s=load_s, precision=precision)
+
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            break
+        if cmd["cmd"] != "run":
+            raise SystemExit(f"unknown command: {line.strip()}")
+        kwargs = dict(call_kwargs, latents=torch.from_numpy(latents.copy()))  # fresh tensor, same noise
+        for t in timers.values():
+            t.take()
+        t0 = time.perf_counter()
+        images = pipe(**kwargs).images
+        pixels = (images * 255).round().astype(np.uint8)
+        e2e = time.perf_counter() - t0
+        calls = {name: t.take() for name, t in timers.items()}
+        stages = {
+            "text_encoder": sum(calls["text_encoder"]),
+            "unet": calls["unet"],
+            "vae_decoder": sum(calls["vae_decoder"]),
+        }
+        if cmd.get("save"):
+            np.save(cmd["save"], pixels)
+        emit(event="run", e2e_s=e2e, stages=stages)
+    emit(event="exit", peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return 0
+
+
 def _cpu_name() -> str | None:
     try:
         import openvino as ov
@@ -448,10 +570,14 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("default", "f32"), default="default",
                    help="default: OpenVINO's choice (bf16 on AMX/AVX512-BF16 CPUs); f32: force f32 inference")
     p.add_argument("--out", help="result JSON path (the image goes beside it with suffix .npy)")
+    p.add_argument("--serve", action="store_true",
+                   help="keep the compiled pipeline loaded and speak JSON lines on stdin/stdout "
+                        "(like benchmarks/worker.py); --runs, --warmup and --out are ignored")
     p.add_argument("--export-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.export_only:
-        missing = [f"--{n}" for n in ("latents", "out") if getattr(args, n) is None]
+        needed = ("latents",) if args.serve else ("latents", "out")
+        missing = [f"--{n}" for n in needed if getattr(args, n) is None]
         if missing:
             p.error("the following arguments are required: " + ", ".join(missing))
         if args.height % 8 or args.width % 8:
@@ -473,6 +599,8 @@ def main(argv=None) -> int:
         sys.stdout.flush()
         print(json.dumps(info))
         return 0
+    if args.serve:
+        return serve(args)
     result = benchmark(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,33 @@
+"""turbo-bench on a tiny replica: the JSON, the table and the chart are produced and traceable to raw runs."""
+
+import json
+
+from conftest import SIZE, run_cli
+
+
+def test_bench_writes_json_table_and_chart(tmp_path):
+    out = tmp_path / "bench"
+    result = run_cli("turbo-bench", "--model", "tiny-sd-turbo", "--runs", "3", "--warmup", "1", "--height",
+                     str(SIZE), "--width", str(SIZE), "--peers", "diffusers", "optimum-intel", "--out", str(out),
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "results.json").read_text())
+    assert set(report) >= {"created", "config", "machine", "artifacts", "groups", "raw", "results", "skipped"}
+    assert {"cpu", "cores", "versions"} <= set(report["machine"])
+    assert set(report["results"]) == {"torch", "onnxruntime", "openvino", "diffusers"}
+    assert "optimum-intel" in report["skipped"]  # a missing peer is listed, not dropped
+    for name, r in report["results"].items():
+        raw = report["raw"][name]
+        assert len(raw["runs"]) == 3
+        e2e = sorted(run["e2e_s"] for run in raw["runs"])
+        assert r["end_to_end_s"] == {"median": e2e[1], "min": e2e[0], "max": e2e[2], "n": 3}
+        assert r["unet_step_s"]["n"] == 3  # one step per run
+        assert r["peak_rss_bytes"] > 0 and r["startup_cold_s"] > 0 and r["startup_warm_s"] > 0
+        assert r["end_to_end_s"]["median"] >= r["unet_step_s"]["median"]
+    assert report["results"]["torch"]["accuracy_vs_torch_fp32"]["max_abs"] == 0
+    assert report["results"]["onnxruntime"]["accuracy_vs_torch_fp32"]["max_abs"] <= 1
+    table = (out / "results.md").read_text()
+    for name in report["results"]:
+        assert f"| {name} |" in table
+    assert "Skipped optimum-intel" in table
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
