@@ -26,9 +26,13 @@ from turbo_runtime.cli import cli_errors, setup_logging
 from turbo_runtime.errors import InputError, TurboError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
-PEERS = ("diffusers", "optimum-intel")
+PEERS = ("diffusers", "optimum-intel", "optimum-onnx")
 PROMPT = "a photograph of an astronaut riding a horse"
-_PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "optimum_intel_bench.py"
+# Peers with their own environment: a script in benchmarks/peers/ that speaks the worker protocol (--serve).
+_PEER_SCRIPTS = {
+    name: Path(__file__).resolve().parent / "peers" / f"{name.replace('-', '_')}_bench.py"
+    for name in ("optimum-intel", "optimum-onnx")
+}
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class BenchConfig:
     model: str
     backends: tuple[str, ...] = BACKENDS
     peers: tuple[str, ...] = ()
-    peer_python: str | None = None  # interpreter of the optimum-intel environment
+    peer_python: tuple[tuple[str, str], ...] = ()  # (peer, python of its own environment)
     dtype: str | None = None
     precision: str = "fp32"
     steps: int = 1
@@ -119,7 +123,9 @@ def machine() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count()}
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")
+        )
         flags = next(line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags"))
         info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma", "avx_vnni")))
         info["memory_bytes"] = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
@@ -149,18 +155,22 @@ def _run_group(group: list[Worker], config: BenchConfig, images: Path, raw: dict
         raw[w.subject]["peak_rss_bytes"] = w.close()
 
 
-def _worker_cmd(subject: str, dtype: str | None, config: BenchConfig, artifacts: Path, source: Path,
-                latents: Path, out: Path) -> list[str]:
-    """Command line of a subject's worker: ours (benchmarks/worker.py) or the optimum-intel script's serve mode."""
+def _worker_cmd(
+    subject: str, dtype: str | None, config: BenchConfig, artifacts: Path, source: Path, latents: Path, out: Path
+) -> list[str]:
+    """Command line of a subject's worker: ours (benchmarks/worker.py) or a peer script's serve mode."""
     common = ["--prompt", config.prompt, "--steps", str(config.steps)]
     common += ["--threads", str(config.threads)] if config.threads else []
-    if subject == "optimum-intel":
-        return [config.peer_python, str(_PEER_SCRIPT), "--serve", "--model", str(source), "--ir-dir",
-                str(out / "peers" / "optimum-intel-ir"), "--latents", str(latents), "--height", str(config.height),
-                "--width", str(config.width), "--precision", "f32" if dtype == "float32" else "default", *common]
+    if subject in _PEER_SCRIPTS:
+        python = dict(config.peer_python)[subject]
+        export_dir = out / "peers" / f"{subject}-export"
+        size = ["--height", str(config.height), "--width", str(config.width)]
+        precision = ["--precision", "f32" if dtype == "float32" else "default"]
+        return [python, str(_PEER_SCRIPTS[subject]), "--serve", "--model", str(source), "--ir-dir", str(export_dir),
+                "--latents", str(latents), *size, *precision, *common]  # fmt: skip
     name = "torch" if subject == "torch-reference" else subject
     cmd = [sys.executable, "-m", "benchmarks.worker", "--subject", name, "--artifacts", str(artifacts),
-           "--seed", str(config.seed), "--cache-dir", str(out / "openvino-cache"), *common]
+           "--seed", str(config.seed), "--cache-dir", str(out / "openvino-cache"), *common]  # fmt: skip
     return cmd + (["--dtype", dtype] if dtype else [])
 
 
@@ -182,8 +192,11 @@ def run_bench(config: BenchConfig) -> dict:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    artifacts = export_model(ExportConfig(config.model, precision=config.precision, height=config.height,
-                                          width=config.width, quiet=config.quiet))
+    artifacts = export_model(
+        ExportConfig(
+            config.model, precision=config.precision, height=config.height, width=config.width, quiet=config.quiet
+        )
+    )
     export_s = time.perf_counter() - t0
     art = Artifacts.load(artifacts)
     latents = out / "latents.npy"
@@ -193,18 +206,20 @@ def run_bench(config: BenchConfig) -> dict:
     subjects = [(b, config.dtype) for b in config.backends]
     subjects += [("diffusers", None)] * ("diffusers" in config.peers)
     skipped = {}
-    if "optimum-intel" in config.peers:
-        if config.peer_python:
-            subjects.append(("optimum-intel", config.dtype))
+    for peer in _PEER_SCRIPTS:
+        if peer not in config.peers:
+            continue
+        if peer in dict(config.peer_python):
+            subjects.append((peer, config.dtype))
         else:
-            skipped["optimum-intel"] = "no --peer-python: it needs its own environment (benchmarks/peers/README.md)"
+            skipped[peer] = f"no --peer-python {peer}=PYTHON: it needs its own environment (benchmarks/peers/README.md)"
     reference_in_runs = ("torch", config.dtype) in subjects and config.dtype in (None, "float32")
     if not reference_in_runs:
         subjects.append(("torch-reference", "float32"))
     cmds = {s: _worker_cmd(s, d, config, artifacts, source, latents, out) for s, d in subjects}
     shutil.rmtree(out / "openvino-cache", ignore_errors=True)  # the first starts are cold
-    if "optimum-intel" in cmds:  # its first start exports its IR: do that before anything is timed
-        Worker("optimum-intel", cmds["optimum-intel"]).close()
+    for peer in sorted(set(cmds) & set(_PEER_SCRIPTS)):  # a peer's first start exports its model: not timed
+        Worker(peer, cmds[peer]).close()
 
     raw: dict[str, dict] = {}
     groups: list[list[str]] = []
@@ -250,12 +265,25 @@ def run_bench(config: BenchConfig) -> dict:
             "peak_rss_bytes": entry["peak_rss_bytes"],
             "accuracy_vs_torch_fp32": compare_images(np.load(images / f"{subject}.npy"), reference),
         }
+    from benchmarks.flops import matmul_peak, stage_flops
+
+    flops = stage_flops(artifacts, art.manifest)
+    flops["text_encoder"] = sum(v for k, v in flops.items() if k.startswith("text_encoder"))
+    peaks = matmul_peak(config.threads)
+    for r in results.values():
+        peak = peaks["bfloat16" if "bf16" in r["precision"] else "float32"]
+        r["throughput"] = {}
+        for stage in ("text_encoder", "unet", "vae_decoder") if flops else ():
+            achieved = flops[stage] / r[f"{'unet_step' if stage == 'unet' else stage}_s"]["median"] / 1e12
+            r["throughput"][stage] = {"tflops": achieved, "fraction_of_peak": achieved / peak}
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": {**asdict(config), "out": str(out)},
         "machine": machine(),
         "artifacts": str(artifacts),
         "export_s": export_s,
+        "flops": flops,
+        "matmul_peak_tflops": peaks,
         "groups": groups,
         "raw": raw,
         "results": results,
@@ -270,10 +298,18 @@ def run_bench(config: BenchConfig) -> dict:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="turbo-bench", description=__doc__)
-    p.add_argument("--model", required=True, help="anything turbo-export accepts (sd-turbo-arch: full size, no download)")
+    p.add_argument(
+        "--model", required=True, help="anything turbo-export accepts (sd-turbo-arch: full size, no download)"
+    )
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="B")
     p.add_argument("--peers", nargs="*", default=[], metavar="P", help=f"any of: {', '.join(PEERS)}")
-    p.add_argument("--peer-python", help="python of the optimum-intel environment (benchmarks/peers/README.md)")
+    p.add_argument(
+        "--peer-python",
+        nargs="*",
+        default=[],
+        metavar="PEER=PYTHON",
+        help="interpreter of a peer's own environment, e.g. optimum-intel=/venvs/oi/bin/python",
+    )
     p.add_argument("--dtype", help="inference precision for every backend (default: each backend's best)")
     p.add_argument("--precision", default="fp32", help="export precision of the artifacts")
     p.add_argument("--steps", type=int, default=1)
@@ -293,9 +329,24 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(False, args.quiet)
     if args.runs < 1 or args.warmup < 0:
         raise InputError("--runs must be at least 1 and --warmup at least 0")
+    pairs = tuple(tuple(item.split("=", 1)) for item in args.peer_python)
+    if any(len(pair) != 2 or pair[0] not in _PEER_SCRIPTS for pair in pairs):
+        raise InputError(f"--peer-python takes PEER=PYTHON with PEER one of: {', '.join(_PEER_SCRIPTS)}")
     config = BenchConfig(
-        args.model, tuple(args.backends), tuple(args.peers), args.peer_python, args.dtype, args.precision,
-        args.steps, args.runs, args.warmup, args.threads, args.height, args.width, out=args.out, quiet=args.quiet,
+        args.model,
+        tuple(args.backends),
+        tuple(args.peers),
+        pairs,
+        args.dtype,
+        args.precision,
+        args.steps,
+        args.runs,
+        args.warmup,
+        args.threads,
+        args.height,
+        args.width,
+        out=args.out,
+        quiet=args.quiet,
     )
     run_bench(config)
     print((config.out / "results.md").read_text())

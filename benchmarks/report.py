@@ -13,17 +13,19 @@ _GIB = 1 << 30
 def rows(report: dict) -> list[dict]:
     out = []
     for name, r in report["results"].items():
-        out.append({
-            "name": name,
-            "precision": r["precision"],
-            "e2e": r["end_to_end_s"],
-            "text": r["text_encoder_s"]["median"],
-            "unet": r["unet_step_s"]["median"],
-            "vae": r["vae_decoder_s"]["median"],
-            "start": f"{r['startup_cold_s']:.1f} / {r['startup_warm_s']:.1f}",
-            "rss": r["peak_rss_bytes"] / _GIB,
-            "acc": r["accuracy_vs_torch_fp32"],
-        })
+        out.append(
+            {
+                "name": name,
+                "precision": r["precision"],
+                "e2e": r["end_to_end_s"],
+                "text": r["text_encoder_s"]["median"],
+                "unet": r["unet_step_s"]["median"],
+                "vae": r["vae_decoder_s"]["median"],
+                "start": f"{r['startup_cold_s']:.1f} / {r['startup_warm_s']:.1f}",
+                "rss": r["peak_rss_bytes"] / _GIB,
+                "acc": r["accuracy_vs_torch_fp32"],
+            }
+        )
     return out
 
 
@@ -47,6 +49,25 @@ def markdown(report: dict) -> str:
             f"| {r['unet']:.3f} | {r['vae']:.3f} | {r['start']} | {r['rss']:.1f} | {r['acc']['max_abs']:.0f} "
             f"| {r['acc']['psnr_db']:.1f} |"
         )
+    if report.get("flops"):
+        f, peaks = report["flops"], report["matmul_peak_tflops"]
+        lines += [
+            "",
+            f"Matmul probe (PyTorch, {cfg['threads'] or 'all'} threads): "
+            + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in peaks.items())
+            + f". Counted from the exported graph (convolutions and matmuls): text encoding "
+            f"{f['text_encoder'] / 1e9:.1f} GFLOP, UNet step {f['unet'] / 1e9:.1f} GFLOP, "
+            f"VAE decode {f['vae_decoder'] / 1e9:.1f} GFLOP.",
+            "",
+            "| subject | UNet TFLOP/s (of peak) | VAE decode TFLOP/s (of peak) |",
+            "|---|---|---|",
+        ]
+        for name, r in report["results"].items():
+            t = r["throughput"]
+            lines.append(
+                f"| {name} | {t['unet']['tflops']:.2f} ({t['unet']['fraction_of_peak']:.0%}) "
+                f"| {t['vae_decoder']['tflops']:.2f} ({t['vae_decoder']['fraction_of_peak']:.0%}) |"
+            )
     for name, why in report["skipped"].items():
         lines.append(f"\nSkipped {name}: {why}")
     lines.append(f"\nWorkers measured side by side, runs interleaved, in groups: {report['groups']}.")
@@ -60,7 +81,7 @@ def chart(report: dict, path: Path) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed: no chart (pip install \"turbo-runtime[bench]\")")
+        log.warning('matplotlib is not installed: no chart (pip install "turbo-runtime[bench]")')
         return False
     data = rows(report)
     names = [r["name"] for r in data]

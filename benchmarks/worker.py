@@ -89,9 +89,9 @@ class DiffusersSubject:
         setattr(module, method, timed)
 
     def run(self):
-        from turbo_runtime.sampler import NoiseSource
-
         import diffusers.schedulers.scheduling_euler_ancestral_discrete as ancestral
+
+        from turbo_runtime.sampler import NoiseSource
 
         a, np, torch = self.args, self.np, self.torch
         shape = self.art.io("unet").inputs[0].shape
@@ -114,8 +114,11 @@ class DiffusersSubject:
         pixels = (images * 255).round().astype(np.uint8)
         e2e = time.perf_counter() - t0
         st = self.stage_times
-        stages = {"text_encoder": sum(st.get("text_encoder", [])), "unet": st.get("unet", []),
-                  "vae_decoder": sum(st.get("vae_decoder", []))}
+        stages = {
+            "text_encoder": sum(st.get("text_encoder", [])),
+            "unet": st.get("unet", []),
+            "vae_decoder": sum(st.get("vae_decoder", [])),
+        }
         return e2e, stages, pixels
 
 

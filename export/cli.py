@@ -12,15 +12,21 @@ from turbo_runtime.spec import FAMILIES, FORMATS, PRECISIONS
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="turbo-export", description=__doc__)
-    p.add_argument("model", metavar="MODEL", help="hub id in models.lock, diffusers folder, or replica (tiny-sd-turbo, ...)")
-    p.add_argument("--out", type=Path, help="artifacts folder (default: in the cache, keyed by model, shape, precision)")
+    p.add_argument(
+        "model", metavar="MODEL", help="hub id in models.lock, diffusers folder, or replica (tiny-sd-turbo, ...)"
+    )
+    p.add_argument(
+        "--out", type=Path, help="artifacts folder (default: in the cache, keyed by model, shape, precision)"
+    )
     p.add_argument("--format", nargs="+", default=None, metavar="FMT", help=f"{' '.join(FORMATS)} (default: both)")
     p.add_argument("--precision", default="fp32", metavar="P", help=f"{' | '.join(PRECISIONS)} (default fp32)")
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds something else")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (can run code)")
-    p.add_argument("--update-lock", action="store_true", help="resolve MODEL on the hub and write its models.lock entry")
+    p.add_argument(
+        "--update-lock", action="store_true", help="resolve MODEL on the hub and write its models.lock entry"
+    )
     p.add_argument("--family", choices=list(FAMILIES), help="with --update-lock: family of a new entry")
     p.add_argument("--quiet", action="store_true", help="no progress bar, only errors and the artifacts path")
     p.add_argument("--verbose", action="store_true")

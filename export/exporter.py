@@ -187,7 +187,9 @@ def _export_into(tmp: Path, source, config: ExportConfig) -> dict:
                 if fmt == "onnx":
                     written = export_onnx(module, example, cio, tmp / "onnx" / component, precision[fmt] == "fp16")
                 else:
-                    written = export_openvino(module, example, cio, tmp / "openvino" / f"{component}.xml", precision[fmt])
+                    written = export_openvino(
+                        module, example, cio, tmp / "openvino" / f"{component}.xml", precision[fmt]
+                    )
                 files[fmt] = [str(p.relative_to(tmp)) for p in written]
                 paths[fmt] = written[0]
                 bar.update(1)

@@ -9,10 +9,11 @@ import hashlib
 import json
 import os
 import socket
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
+
+import tomllib
 
 from export.replicas import REPLICAS, replica_path
 from turbo_runtime.errors import SourceError
@@ -25,6 +26,7 @@ DEFAULT_LOCK = Path(__file__).resolve().parent.parent / "models.lock"
 def lock_path() -> Path:
     """models.lock of this checkout; TURBO_RUNTIME_LOCK points elsewhere (a private lock, tests)."""
     return Path(os.environ.get("TURBO_RUNTIME_LOCK", DEFAULT_LOCK))
+
 
 # diffusers folder name of each component's weights; both VAE components read the "vae" folder.
 _WEIGHT_DIRS = {
@@ -234,9 +236,7 @@ def resolve(model: str, allow_pickle: bool = False) -> Source:
         return Source(str(path.resolve()), "folder", path.resolve(), family, variant, _hash_folder(path, files))
     if path.exists():
         raise SourceError(f"{model} is a file; MODEL must be a diffusers folder, a hub id or a replica name")
-    raise SourceError(
-        f"unknown model {model!r}; known: {', '.join(known_models())}; a diffusers folder path works too"
-    )
+    raise SourceError(f"unknown model {model!r}; known: {', '.join(known_models())}; a diffusers folder path works too")
 
 
 def update_lock(model: str, repo: str | None = None, family: str | None = None) -> dict:

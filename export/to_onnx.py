@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -63,8 +62,14 @@ def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_di
     weights = sum(t.ByteSize() for t in model.graph.initializer)
     path = out_dir / "model.onnx"
     if weights > _PROTOBUF_LIMIT - (64 << 20):
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="model.onnx.data", size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="model.onnx.data",
+            size_threshold=1024,
+        )
         return [path, out_dir / "model.onnx.data"]
     onnx.save_model(model, str(path))
     return [path]

@@ -12,7 +12,6 @@ import torch
 
 from turbo_runtime.spec import ComponentIO
 
-
 _AUTO_NAME = re.compile(r"[A-Za-z0-9]+_\d+")
 
 
@@ -35,9 +34,7 @@ def _quiet_converter():
         sys.argv = argv
 
 
-def export_openvino(
-    module: torch.nn.Module, example: tuple, io: ComponentIO, xml: Path, precision: str
-) -> list[Path]:
+def export_openvino(module: torch.nn.Module, example: tuple, io: ComponentIO, xml: Path, precision: str) -> list[Path]:
     """Write `xml` and its `.bin`; fp16 stores weights in float16, int8 compresses them with NNCF."""
     import openvino as ov
 

@@ -7,9 +7,25 @@ from conftest import SIZE, run_cli
 
 def test_bench_writes_json_table_and_chart(tmp_path):
     out = tmp_path / "bench"
-    result = run_cli("turbo-bench", "--model", "tiny-sd-turbo", "--runs", "3", "--warmup", "1", "--height",
-                     str(SIZE), "--width", str(SIZE), "--peers", "diffusers", "optimum-intel", "--out", str(out),
-                     "--quiet")
+    result = run_cli(
+        "turbo-bench",
+        "--model",
+        "tiny-sd-turbo",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--height",
+        str(SIZE),
+        "--width",
+        str(SIZE),
+        "--peers",
+        "diffusers",
+        "optimum-intel",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "results.json").read_text())
     assert set(report) >= {"created", "config", "machine", "artifacts", "groups", "raw", "results", "skipped"}
@@ -31,3 +47,9 @@ def test_bench_writes_json_table_and_chart(tmp_path):
         assert f"| {name} |" in table
     assert "Skipped optimum-intel" in table
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(report["flops"]) >= {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    assert all(v > 0 for v in report["flops"].values())
+    assert report["matmul_peak_tflops"]["float32"] > 0
+    for r in report["results"].values():
+        assert set(r["throughput"]) == {"text_encoder", "unet", "vae_decoder"}
+    assert "UNet TFLOP/s" in table

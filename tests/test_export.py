@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SIZE, assert_one_line_error, run_cli
+
 from export.exporter import ExportConfig, export_model
 from export.replicas import build_pipeline, replica_path
 from turbo_runtime.artifacts import Artifacts
@@ -45,7 +45,11 @@ def test_cli_export_writes_every_format_with_hashes(tmp_path, model):
     if model == "tiny-sdxl-turbo":
         components.insert(1, "text_encoder_2")
         assert [t["name"] for t in manifest["components"]["unet"]["inputs"]] == [
-            "sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"
+            "sample",
+            "timestep",
+            "encoder_hidden_states",
+            "text_embeds",
+            "time_ids",
         ]
         assert (out / "tokenizer_2" / "tokenizer.json").is_file()
     assert list(manifest["components"]) == components
@@ -120,8 +124,17 @@ def test_a_changed_byte_is_refused_by_the_runtime(tmp_path, sd_artifacts):
     with pytest.raises(ArtifactError, match=r"unet\.bin was modified"):
         TurboPipeline.from_artifacts(copy, "openvino")
     TurboPipeline.from_artifacts(copy, "onnxruntime")  # the ONNX files are intact
-    result = run_cli("turbo-run", "--artifacts", str(copy), "--backend", "openvino", "--prompt", "x",
-                     "--out", str(tmp_path / "x.png"))
+    result = run_cli(
+        "turbo-run",
+        "--artifacts",
+        str(copy),
+        "--backend",
+        "openvino",
+        "--prompt",
+        "x",
+        "--out",
+        str(tmp_path / "x.png"),
+    )
     assert_one_line_error(result, "unet.bin was modified", "export again")
     assert not (tmp_path / "x.png").exists()
 
@@ -129,8 +142,9 @@ def test_a_changed_byte_is_refused_by_the_runtime(tmp_path, sd_artifacts):
 def test_an_interrupted_export_leaves_nothing_loadable(tmp_path):
     out = tmp_path / "art"
     exe = Path(sys.executable).parent / "turbo-export"
-    proc = subprocess.Popen([str(exe), "tiny-sdxl-turbo", "--out", str(out), *SMALL],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "tiny-sdxl-turbo", "--out", str(out), *SMALL], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".art.tmp-*/onnx/unet/model.onnx")):  # midway: some components written
         assert proc.poll() is None and time.monotonic() < deadline, "export ended before it could be interrupted"
@@ -160,8 +174,10 @@ def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artif
     size = sum((out / f).stat().st_size for f in weights)
     assert size < 0.6 * sum((sd_artifacts / f).stat().st_size for f in weights)  # weights are stored compressed
     backend = "onnxruntime" if "onnx" in formats else "openvino"
-    low, ref = (TurboPipeline.from_artifacts(d, backend, dtype="float32")("a fox", seed=2, output_type="np").images
-                for d in (out, sd_artifacts))
+    low, ref = (
+        TurboPipeline.from_artifacts(d, backend, dtype="float32")("a fox", seed=2, output_type="np").images
+        for d in (out, sd_artifacts)
+    )
     assert np.abs(low - ref).mean() < 0.05
 
 
@@ -187,8 +203,13 @@ def hub(tmp_path, monkeypatch):
     lock = tmp_path / "models.lock"
 
     def write_lock(files: dict[str, str]) -> None:
-        lines = ['[models."acme/tiny-sd-turbo"]', 'repo = "acme/tiny-sd-turbo"', f'revision = "{REVISION}"',
-                 'family = "sd-turbo"', '[models."acme/tiny-sd-turbo".files]']
+        lines = [
+            '[models."acme/tiny-sd-turbo"]',
+            'repo = "acme/tiny-sd-turbo"',
+            f'revision = "{REVISION}"',
+            'family = "sd-turbo"',
+            '[models."acme/tiny-sd-turbo".files]',
+        ]
         lock.write_text("\n".join([*lines, *(f'"{k}" = "{v}"' for k, v in files.items())]) + "\n")
 
     write_lock(pins)
@@ -232,8 +253,9 @@ def test_update_lock_pins_the_resolved_revision_and_hashes(hub, tmp_path):
     assert result.returncode == 0, result.stderr
     entry = tomllib.loads(Path(env["TURBO_RUNTIME_LOCK"]).read_text())["models"]["acme/tiny-sd-turbo"]
     assert (entry["revision"], entry["family"], entry["files"]) == (REVISION, "sd-turbo", pins)
-    result = run_cli("turbo-export", "acme/tiny-sd-turbo", "--out", str(tmp_path / "art"), "--format", "onnx",
-                     *SMALL, env=env)
+    result = run_cli(
+        "turbo-export", "acme/tiny-sd-turbo", "--out", str(tmp_path / "art"), "--format", "onnx", *SMALL, env=env
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -249,6 +271,7 @@ def test_the_lock_parses_and_pins_every_file():
 
 
 # ---- bad input: one line, exit 2, nothing written ----
+
 
 def _broken_folder(tmp_path: Path, remove: str) -> Path:
     folder = tmp_path / "model"
@@ -297,8 +320,9 @@ def test_pickled_weights_need_allow_pickle(tmp_path):
     pipe.save_pretrained(folder, safe_serialization=False)
     result = run_cli("turbo-export", str(folder), "--out", str(tmp_path / "art"), *SMALL)
     assert_one_line_error(result, "pickled .bin weights", "--allow-pickle")
-    result = run_cli("turbo-export", str(folder), "--out", str(tmp_path / "art"), "--allow-pickle",
-                     "--format", "onnx", *SMALL)
+    result = run_cli(
+        "turbo-export", str(folder), "--out", str(tmp_path / "art"), "--allow-pickle", "--format", "onnx", *SMALL
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -316,8 +340,10 @@ def test_output_folder_holding_something_else(tmp_path):
 
 @pytest.mark.parametrize("package", ["openvino", "onnx", "diffusers"])
 def test_missing_package_names_the_extra(tmp_path, package):
-    code = (f"import sys; sys.modules[{package!r}] = None; from export.cli import main; "
-            f"sys.exit(main(['tiny-sd-turbo', '--out', {str(tmp_path / 'art')!r}, '--quiet']))")
+    code = (
+        f"import sys; sys.modules[{package!r}] = None; from export.cli import main; "
+        f"sys.exit(main(['tiny-sd-turbo', '--out', {str(tmp_path / 'art')!r}, '--quiet']))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert_one_line_error(result, f"needs the {package} package", 'pip install "turbo-runtime[export]"')
     assert not (tmp_path / "art").exists()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import diffusers
 import numpy as np
 import pytest
 import torch
+from conftest import BACKENDS, FAMILY_MODELS, SIZE, assert_not_degenerate
 from PIL import Image
 
-import diffusers
-from conftest import BACKENDS, FAMILY_MODELS, SIZE, assert_not_degenerate
 from export.replicas import replica_path
 from turbo_runtime.pipeline import TurboPipeline, load_image
 from turbo_runtime.sampler import NoiseSource
@@ -79,14 +79,22 @@ def reference(pipes, family, monkeypatch, seed, steps, image=None, strength=None
         if image is None:
             latents = torch.from_numpy(source.normal(latent_shape))
             feed_noise(monkeypatch, source)
-            return base(PROMPT, num_inference_steps=steps, guidance_scale=0.0, latents=latents,
-                        height=SIZE, width=SIZE, output_type="np").images
+            return base(
+                PROMPT,
+                num_inference_steps=steps,
+                guidance_scale=0.0,
+                latents=latents,
+                height=SIZE,
+                width=SIZE,
+                output_type="np",
+            ).images
         # diffusers samples from the VAE posterior; our encoder gives its mean, so hand diffusers that mean.
         pixels = torch.from_numpy(load_image(image, SIZE, SIZE))
         mean = base.vae.encode(pixels).latent_dist.mean * base.vae.config.scaling_factor
         feed_noise(monkeypatch, source)
-        return img2img(PROMPT, image=mean, strength=strength, num_inference_steps=steps, guidance_scale=0.0,
-                       output_type="np").images
+        return img2img(
+            PROMPT, image=mean, strength=strength, num_inference_steps=steps, guidance_scale=0.0, output_type="np"
+        ).images
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, SIZE, assert_one_line_error, run_cli
 from PIL import Image
 
-from conftest import BACKENDS, SIZE, assert_one_line_error, run_cli
-from turbo_runtime.backends import create_backend
 from turbo_runtime.artifacts import Artifacts
+from turbo_runtime.backends import create_backend
 from turbo_runtime.errors import InputError
 from turbo_runtime.pipeline import TurboPipeline
 from turbo_runtime.sampler import NoiseSource
@@ -26,22 +26,54 @@ def png_text(path) -> dict:
 
 def test_default_command_generates_an_image_from_the_builtin_replica(tmp_path):
     """The README's quickstart: export on first use at the default 512x512, then generate, no download."""
-    result = run_cli("turbo-run", "--model", "tiny-sd-turbo", "--backend", "openvino", "--prompt",
-                     "a red fox in the snow", "--out", "fox.png", "--seed", "7", cwd=tmp_path)
+    result = run_cli(
+        "turbo-run",
+        "--model",
+        "tiny-sd-turbo",
+        "--backend",
+        "openvino",
+        "--prompt",
+        "a red fox in the snow",
+        "--out",
+        "fox.png",
+        "--seed",
+        "7",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "fox.png") as im:
         assert im.size == (512, 512) and im.mode == "RGB"
     assert png_text(tmp_path / "fox.png") == {
-        "prompt": "a red fox in the snow", "seed": "7", "steps": "1", "model": "tiny-sd-turbo",
-        "backend": "openvino", "software": "turbo-runtime",
+        "prompt": "a red fox in the snow",
+        "seed": "7",
+        "steps": "1",
+        "model": "tiny-sd-turbo",
+        "backend": "openvino",
+        "software": "turbo-runtime",
     }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cli_round_trip_on_each_backend(tmp_path, sdxl_artifacts, backend):
     out = tmp_path / "fox.png"
-    result = run_cli("turbo-run", "--artifacts", str(sdxl_artifacts), "--backend", backend, "--prompt", "a fox",
-                     "--seed", "3", "--steps", "2", "--num-images", "2", "--out", str(out), "--verbose")
+    result = run_cli(
+        "turbo-run",
+        "--artifacts",
+        str(sdxl_artifacts),
+        "--backend",
+        backend,
+        "--prompt",
+        "a fox",
+        "--seed",
+        "3",
+        "--steps",
+        "2",
+        "--num-images",
+        "2",
+        "--out",
+        str(out),
+        "--verbose",
+    )
     assert result.returncode == 0, result.stderr
     paths = [tmp_path / "fox-0.png", tmp_path / "fox-1.png"]
     assert result.stdout.split() == [str(p) for p in paths]
@@ -55,8 +87,23 @@ def test_cli_image_to_image(tmp_path, sd_artifacts):
     init = tmp_path / "init.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)).save(init)
     out = tmp_path / "out.png"
-    result = run_cli("turbo-run", "--artifacts", str(sd_artifacts), "--backend", "onnxruntime", "--prompt", "x",
-                     "--image", str(init), "--strength", "0.5", "--steps", "4", "--out", str(out))
+    result = run_cli(
+        "turbo-run",
+        "--artifacts",
+        str(sd_artifacts),
+        "--backend",
+        "onnxruntime",
+        "--prompt",
+        "x",
+        "--image",
+        str(init),
+        "--strength",
+        "0.5",
+        "--steps",
+        "4",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert png_text(out)["strength"] == "0.5" and png_text(out)["steps"] == "2"
     assert Image.open(out).size == (SIZE, SIZE)  # the init image is resized to the exported shape
@@ -66,7 +113,9 @@ def test_cli_image_to_image(tmp_path, sd_artifacts):
 def test_backends_agree_and_share_the_seed_noise(artifacts_of, family):
     images = {}
     for backend in BACKENDS:
-        pipe = TurboPipeline.from_artifacts(artifacts_of[family], backend, dtype=None if backend == "onnxruntime" else "float32")
+        pipe = TurboPipeline.from_artifacts(
+            artifacts_of[family], backend, dtype=None if backend == "onnxruntime" else "float32"
+        )
         images[backend] = pipe("a red fox", num_inference_steps=2, seed=42, output_type="np").images
         noise = NoiseSource(42).normal(pipe.latent_shape)
         explicit = pipe("a red fox", num_inference_steps=2, seed=42, latents=noise, output_type="np").images
@@ -100,7 +149,10 @@ def test_same_seed_same_image_and_prompt_truncation(sd_artifacts, caplog):
 def test_backend_refuses_wrong_shapes(sd_artifacts):
     art = Artifacts.load(sd_artifacts)
     backend = create_backend("onnxruntime", art)
-    with pytest.raises(InputError, match=r"vae_decoder input 'latent' has shape \(1, 4, 8, 8\), the exported static shape is \(1, 4, 16, 16\)"):
+    with pytest.raises(
+        InputError,
+        match=r"vae_decoder input 'latent' has shape \(1, 4, 8, 8\), the exported static shape is \(1, 4, 16, 16\)",
+    ):
         backend.decode(np.zeros((1, 4, 8, 8), np.float32))
 
 
@@ -152,13 +204,16 @@ def test_missing_artifacts_give_the_export_command(tmp_path, export_tiny):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("backend,package,extra", [("openvino", "openvino", "openvino"),
-                                                   ("onnxruntime", "onnxruntime", "onnxruntime"),
-                                                   ("torch", "torch", "torch")])
+@pytest.mark.parametrize(
+    "backend,package,extra",
+    [("openvino", "openvino", "openvino"), ("onnxruntime", "onnxruntime", "onnxruntime"), ("torch", "torch", "torch")],
+)
 def test_missing_backend_package_names_the_extra(tmp_path, sd_artifacts, backend, package, extra):
-    code = (f"import sys; sys.modules[{package!r}] = None; from turbo_runtime.cli import main; "
-            f"sys.exit(main(['--artifacts', {str(sd_artifacts)!r}, '--backend', {backend!r}, '--prompt', 'x', "
-            f"'--out', {str(tmp_path / 'o.png')!r}]))")
+    code = (
+        f"import sys; sys.modules[{package!r}] = None; from turbo_runtime.cli import main; "
+        f"sys.exit(main(['--artifacts', {str(sd_artifacts)!r}, '--backend', {backend!r}, '--prompt', 'x', "
+        f"'--out', {str(tmp_path / 'o.png')!r}]))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert_one_line_error(result, f'pip install "turbo-runtime[{extra}]"')
     assert not (tmp_path / "o.png").exists()

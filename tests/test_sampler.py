@@ -1,11 +1,11 @@
 """The numpy schedulers against diffusers' own, step by step."""
 
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as ancestral_module
 import numpy as np
 import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
-import diffusers.schedulers.scheduling_euler_ancestral_discrete as ancestral_module
 from turbo_runtime.errors import ArtifactError
 from turbo_runtime.sampler import NoiseSource, Sampler
 

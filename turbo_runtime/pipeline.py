@@ -184,8 +184,15 @@ class TurboPipeline:
         has_image = image is not None
         num_inference_steps, strength = request_defaults(self.family, num_inference_steps, has_image, strength)
         check_request(
-            self.artifacts, num_inference_steps, guidance_scale, strength, has_image, num_images_per_prompt,
-            height, width, output_type,
+            self.artifacts,
+            num_inference_steps,
+            guidance_scale,
+            strength,
+            has_image,
+            num_images_per_prompt,
+            height,
+            width,
+            output_type,
         )
         if latents is not None:
             latents = np.asarray(latents, dtype=np.float32)

@@ -53,7 +53,10 @@ class Sampler:
         for option in _UNSUPPORTED:
             if config.get(option):
                 raise ArtifactError(f"scheduler option {option}=True is not supported")
-        if config.get("interpolation_type", "linear") != "linear" or config.get("timestep_type", "discrete") != "discrete":
+        if (
+            config.get("interpolation_type", "linear") != "linear"
+            or config.get("timestep_type", "discrete") != "discrete"
+        ):
             raise ArtifactError("only linear interpolation of discrete timesteps is supported")
         if config.get("final_sigmas_type", "zero") != "zero":
             raise ArtifactError("only final_sigmas_type='zero' is supported")

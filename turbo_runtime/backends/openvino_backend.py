@@ -27,7 +27,9 @@ class OpenVINOBackend(Backend):
         device = options.device or "CPU"
         available = core.available_devices
         if device.split(":")[0] not in ("AUTO", "MULTI", "HETERO", "BATCH") and device not in available:
-            raise BackendUnavailable(f"OpenVINO device {device!r} is not available here; available: {', '.join(available)}")
+            raise BackendUnavailable(
+                f"OpenVINO device {device!r} is not available here; available: {', '.join(available)}"
+            )
         core.set_property({"CACHE_DIR": str(options.cache_dir or cache_root() / "openvino-cache")})
         config: dict = {"PERFORMANCE_HINT": "LATENCY"}
         if options.dtype:  # otherwise the plugin's best: bf16 on CPUs with AMX/AVX512-BF16, f32 elsewhere
@@ -46,6 +48,4 @@ class OpenVINOBackend(Backend):
     def _run(self, component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         request = self._requests[component]
         request.infer({spec.name: x for spec, x in zip(self.io[component].inputs, inputs)}, share_inputs=True)
-        return [
-            np.array(request.get_tensor(spec.name).data, dtype=np.float32) for spec in self.io[component].outputs
-        ]
+        return [np.array(request.get_tensor(spec.name).data, dtype=np.float32) for spec in self.io[component].outputs]

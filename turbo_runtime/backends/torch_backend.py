@@ -14,7 +14,9 @@ try:
     from export.sources import resolve
     from export.wrappers import load_model
 except ImportError:
-    raise BackendUnavailable('the torch backend needs PyTorch and diffusers: pip install "turbo-runtime[torch]"') from None
+    raise BackendUnavailable(
+        'the torch backend needs PyTorch and diffusers: pip install "turbo-runtime[torch]"'
+    ) from None
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
