@@ -55,12 +55,9 @@ class BenchConfig:
     quiet: bool = False
 
 
-def _mem_available() -> int:
+def _mem_total() -> int:
     with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 1 << 62
+        return int(f.readline().split()[1]) * 1024
 
 
 def _rss(pid: int) -> int:
@@ -142,10 +139,6 @@ def machine() -> dict:
 
 
 def _run_group(group: list[Worker], config: BenchConfig, images: Path, raw: dict, bar) -> None:
-    for _ in range(config.warmup):
-        for w in group:
-            w.run()
-            bar.update(1)
     for r in range(config.runs):
         for w in group:  # interleaved: run r of every subject before run r + 1 of any
             save = images / f"{w.subject}.npy" if r == config.runs - 1 else None
@@ -153,6 +146,23 @@ def _run_group(group: list[Worker], config: BenchConfig, images: Path, raw: dict
             bar.update(1)
     for w in group:
         raw[w.subject]["peak_rss_bytes"] = w.close()
+
+
+def add_throughput(results: dict, flops: dict[str, int], peaks: dict[str, float]) -> None:
+    """Each subject's achieved TFLOP/s per stage, and its fraction of the probe's peak for its precision."""
+    if not flops:
+        return
+    flops["text_encoder"] = sum(v for k, v in flops.items() if k.startswith("text_encoder"))
+    for r in results.values():
+        peak = peaks["bfloat16" if "bf16" in r["precision"] else "float32"]
+        r["throughput"] = {}
+        for stage, timing in (
+            ("text_encoder", "text_encoder_s"),
+            ("unet", "unet_step_s"),
+            ("vae_decoder", "vae_decoder_s"),
+        ):
+            achieved = flops[stage] / r[timing]["median"] / 1e12
+            r["throughput"][stage] = {"tflops": achieved, "fraction_of_peak": achieved / peak}
 
 
 def _worker_cmd(
@@ -227,14 +237,18 @@ def run_bench(config: BenchConfig) -> dict:
     with tqdm(total=total, desc="bench", unit="run", disable=config.quiet) as bar:
         group: list[Worker] = []
         for subject, _ in subjects:
-            need = max((_rss(w.proc.pid) for w in group), default=0) * 1.2
-            if group and _mem_available() < need:
+            # Room for one more worker as large as the largest so far (resident after its warm-up runs)?
+            sizes = [_rss(w.proc.pid) for w in group]
+            if group and sum(sizes) + max(sizes) > 0.9 * _mem_total():
                 _run_group(group, config, images, raw, bar)
                 groups.append([w.subject for w in group])
                 group = []
             bar.set_description(f"starting {subject}")
             w = Worker(subject, cmds[subject])
             raw[subject] = {"startup_cold_s": w.startup_s, "load_s": w.load_s, "precision": w.precision, "runs": []}
+            for _ in range(config.warmup):  # warm-up runs also bring the worker to its working size
+                w.run()
+                bar.update(1)
             group.append(w)
             bar.set_description("bench")
         _run_group(group, config, images, raw, bar)
@@ -268,14 +282,8 @@ def run_bench(config: BenchConfig) -> dict:
     from benchmarks.flops import matmul_peak, stage_flops
 
     flops = stage_flops(artifacts, art.manifest)
-    flops["text_encoder"] = sum(v for k, v in flops.items() if k.startswith("text_encoder"))
     peaks = matmul_peak(config.threads)
-    for r in results.values():
-        peak = peaks["bfloat16" if "bf16" in r["precision"] else "float32"]
-        r["throughput"] = {}
-        for stage in ("text_encoder", "unet", "vae_decoder") if flops else ():
-            achieved = flops[stage] / r[f"{'unet_step' if stage == 'unet' else stage}_s"]["median"] / 1e12
-            r["throughput"][stage] = {"tflops": achieved, "fraction_of_peak": achieved / peak}
+    add_throughput(results, flops, peaks)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": {**asdict(config), "out": str(out)},

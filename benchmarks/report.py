@@ -54,8 +54,8 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"Matmul probe (PyTorch, {cfg['threads'] or 'all'} threads): "
-            + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in peaks.items())
-            + f". Counted from the exported graph (convolutions and matmuls): text encoding "
+            + ", ".join(f"{k} {v:.2f} {'TOP/s' if k == 'int8' else 'TFLOP/s'}" for k, v in peaks.items())
+            + f". Counted from the exported graph (convolutions, matmuls, attention): text encoding "
             f"{f['text_encoder'] / 1e9:.1f} GFLOP, UNet step {f['unet'] / 1e9:.1f} GFLOP, "
             f"VAE decode {f['vae_decoder'] / 1e9:.1f} GFLOP.",
             "",

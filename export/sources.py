@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,8 +25,11 @@ DEFAULT_LOCK = Path(__file__).resolve().parent.parent / "models.lock"
 
 
 def lock_path() -> Path:
-    """models.lock of this checkout; TURBO_RUNTIME_LOCK points elsewhere (a private lock, tests)."""
-    return Path(os.environ.get("TURBO_RUNTIME_LOCK", DEFAULT_LOCK))
+    """models.lock of this checkout, else the installed copy; TURBO_RUNTIME_LOCK points elsewhere (a private lock)."""
+    if "TURBO_RUNTIME_LOCK" in os.environ:
+        return Path(os.environ["TURBO_RUNTIME_LOCK"])
+    installed = Path(sys.prefix) / "share" / "turbo-runtime" / "models.lock"
+    return DEFAULT_LOCK if DEFAULT_LOCK.is_file() or not installed.is_file() else installed
 
 
 # diffusers folder name of each component's weights; both VAE components read the "vae" folder.

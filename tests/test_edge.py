@@ -22,6 +22,7 @@ def test_edge_venv_generates_images_without_torch(tmp_path, sd_artifacts):
         [str(bin_dir / "pip"), "install", "-q", f"{ROOT}[openvino,onnxruntime]"], capture_output=True, text=True
     )
     assert install.returncode == 0, install.stderr[-3000:]
+    assert (venv / "share" / "turbo-runtime" / "models.lock").read_text() == (ROOT / "models.lock").read_text()
     for heavy in ("torch", "diffusers", "transformers"):
         probe = subprocess.run([str(bin_dir / "python"), "-c", f"import {heavy}"], capture_output=True)
         assert probe.returncode != 0, f"{heavy} is installed in the edge venv"
