@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.flops import matmul_peak, per_stage, stage_flops
 from turbo_runtime.cli import cli_errors, setup_logging
 from turbo_runtime.errors import InputError, TurboError
 
@@ -152,7 +153,7 @@ def add_throughput(results: dict, flops: dict[str, int], peaks: dict[str, float]
     """Each subject's achieved TFLOP/s per stage, and its fraction of the probe's peak for its precision."""
     if not flops:
         return
-    flops["text_encoder"] = sum(v for k, v in flops.items() if k.startswith("text_encoder"))
+    totals = per_stage(flops)
     for r in results.values():
         peak = peaks["bfloat16" if "bf16" in r["precision"] else "float32"]
         r["throughput"] = {}
@@ -161,7 +162,7 @@ def add_throughput(results: dict, flops: dict[str, int], peaks: dict[str, float]
             ("unet", "unet_step_s"),
             ("vae_decoder", "vae_decoder_s"),
         ):
-            achieved = flops[stage] / r[timing]["median"] / 1e12
+            achieved = totals[stage] / r[timing]["median"] / 1e12
             r["throughput"][stage] = {"tflops": achieved, "fraction_of_peak": achieved / peak}
 
 
@@ -279,8 +280,6 @@ def run_bench(config: BenchConfig) -> dict:
             "peak_rss_bytes": entry["peak_rss_bytes"],
             "accuracy_vs_torch_fp32": compare_images(np.load(images / f"{subject}.npy"), reference),
         }
-    from benchmarks.flops import matmul_peak, stage_flops
-
     flops = stage_flops(artifacts, art.manifest)
     peaks = matmul_peak(config.threads)
     add_throughput(results, flops, peaks)

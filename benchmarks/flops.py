@@ -46,6 +46,12 @@ def stage_flops(artifacts_root: Path, manifest: dict) -> dict[str, int]:
     }
 
 
+def per_stage(flops: dict[str, int]) -> dict[str, int]:
+    """Component FLOPs grouped as the pipeline's stages: both SDXL text encoders count as text encoding."""
+    text = sum(v for k, v in flops.items() if k.startswith("text_encoder"))
+    return {"text_encoder": text, "unet": flops["unet"], "vae_decoder": flops["vae_decoder"]}
+
+
 def matmul_peak(threads: int | None, size: int = 2048, repeats: int = 5) -> dict[str, float]:
     """Achievable matmul throughput in TFLOP/s (TOP/s for int8) with PyTorch on `threads` threads:
     float32, bfloat16 and, where this torch build has a CPU kernel for it, int8 (int32 accumulation)."""

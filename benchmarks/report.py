@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from benchmarks.flops import per_stage
+
 log = logging.getLogger(__name__)
 
 _GIB = 1 << 30
@@ -50,7 +52,7 @@ def markdown(report: dict) -> str:
             f"| {r['acc']['psnr_db']:.1f} |"
         )
     if report.get("flops"):
-        f, peaks = report["flops"], report["matmul_peak_tflops"]
+        f, peaks = per_stage(report["flops"]), report["matmul_peak_tflops"]
         lines += [
             "",
             f"Matmul probe (PyTorch, {cfg['threads'] or 'all'} threads): "
