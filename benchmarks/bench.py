@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -44,12 +44,13 @@ class BenchConfig:
     peer_python: tuple[tuple[str, str], ...] = ()  # (peer, python of its own environment)
     dtype: str | None = None
     precision: str = "fp32"
-    steps: int = 1
+    steps: int | None = None  # None: the model family's default
+    guidance_scale: float | None = None  # None: the family's default (classifier-free guidance above 1)
     runs: int = 5
     warmup: int = 1
     threads: int | None = None
-    height: int = 512
-    width: int = 512
+    height: int | None = None  # None: the family's default size
+    width: int | None = None
     seed: int = 0
     prompt: str = PROMPT
     out: Path = Path("bench-results")
@@ -149,11 +150,14 @@ def _run_group(group: list[Worker], config: BenchConfig, images: Path, raw: dict
         raw[w.subject]["peak_rss_bytes"] = w.close()
 
 
-def add_throughput(results: dict, flops: dict[str, int], peaks: dict[str, float]) -> None:
-    """Each subject's achieved TFLOP/s per stage, and its fraction of the probe's peak for its precision."""
+def add_throughput(results: dict, flops: dict[str, int], peaks: dict[str, float], unet_calls: int = 1) -> None:
+    """Each subject's achieved TFLOP/s per stage, and its fraction of the probe's peak for its precision.
+
+    `unet_calls`: UNet evaluations per denoising step (2 with classifier-free guidance)."""
     if not flops:
         return
     totals = per_stage(flops)
+    totals["unet"] *= unet_calls
     for r in results.values():
         peak = peaks["bfloat16" if "bf16" in r["precision"] else "float32"]
         r["throughput"] = {}
@@ -181,7 +185,8 @@ def _worker_cmd(
                 "--latents", str(latents), *size, *precision, *common]  # fmt: skip
     name = "torch" if subject == "torch-reference" else subject
     cmd = [sys.executable, "-m", "benchmarks.worker", "--subject", name, "--artifacts", str(artifacts),
-           "--seed", str(config.seed), "--cache-dir", str(out / "openvino-cache"), *common]  # fmt: skip
+           "--seed", str(config.seed), "--cache-dir", str(out / "openvino-cache"),
+           "--guidance-scale", str(config.guidance_scale), *common]  # fmt: skip
     return cmd + (["--dtype", dtype] if dtype else [])
 
 
@@ -210,6 +215,14 @@ def run_bench(config: BenchConfig) -> dict:
     )
     export_s = time.perf_counter() - t0
     art = Artifacts.load(artifacts)
+    family = art.family
+    config = replace(
+        config,
+        height=art.height,
+        width=art.width,
+        steps=config.steps or family.default_steps,
+        guidance_scale=family.default_guidance if config.guidance_scale is None else config.guidance_scale,
+    )
     latents = out / "latents.npy"
     np.save(latents, NoiseSource(config.seed).normal(art.io("unet").inputs[0].shape))
 
@@ -220,7 +233,9 @@ def run_bench(config: BenchConfig) -> dict:
     for peer in _PEER_SCRIPTS:
         if peer not in config.peers:
             continue
-        if peer in dict(config.peer_python):
+        if family.guided:
+            skipped[peer] = f"its script runs turbo models (no guidance), not {family.name}"
+        elif peer in dict(config.peer_python):
             subjects.append((peer, config.dtype))
         else:
             skipped[peer] = f"no --peer-python {peer}=PYTHON: it needs its own environment (benchmarks/peers/README.md)"
@@ -282,7 +297,7 @@ def run_bench(config: BenchConfig) -> dict:
         }
     flops = stage_flops(artifacts, art.manifest)
     peaks = matmul_peak(config.threads)
-    add_throughput(results, flops, peaks)
+    add_throughput(results, flops, peaks, unet_calls=2 if config.guidance_scale > 1 else 1)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": {**asdict(config), "out": str(out)},
@@ -319,12 +334,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", help="inference precision for every backend (default: each backend's best)")
     p.add_argument("--precision", default="fp32", help="export precision of the artifacts")
-    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default: the model's)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int)
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, help="default: the model's size")
+    p.add_argument("--width", type=int, help="default: the model's size")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument("--quiet", action="store_true")
     return p
@@ -347,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         args.dtype,
         args.precision,
         args.steps,
+        args.guidance_scale,
         args.runs,
         args.warmup,
         args.threads,

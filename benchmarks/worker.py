@@ -34,7 +34,9 @@ class TurboSubject:
 
         a = self.args
         t0 = time.perf_counter()
-        out = self.pipe(a.prompt, num_inference_steps=a.steps, seed=a.seed, output_type="np")
+        out = self.pipe(
+            a.prompt, num_inference_steps=a.steps, guidance_scale=a.guidance_scale, seed=a.seed, output_type="np"
+        )
         pixels = (out.images * 255).round().astype(np.uint8)
         e2e = time.perf_counter() - t0
         t = out.timings
@@ -57,14 +59,22 @@ class DiffusersSubject:
             lib.set_verbosity_error()
 
         from export.sources import resolve
+        from export.wrappers import skipped_components
         from turbo_runtime.artifacts import Artifacts
+        from turbo_runtime.pipeline import default_scheduler
+        from turbo_runtime.sampler import SCHEDULERS
 
         art = Artifacts.load(args.artifacts)
         source = resolve(art.model_id)
         if args.threads:
             torch.set_num_threads(args.threads)
         cls = getattr(diffusers, art.family.pipeline_class)
-        self.pipe = cls.from_pretrained(source.path, variant=source.variant, dtype=torch.float32)
+        self.pipe = cls.from_pretrained(
+            source.path, variant=source.variant, dtype=torch.float32, **skipped_components(art.family)
+        )
+        scheduler = SCHEDULERS[default_scheduler(art)]  # the one turbo-runtime runs by default
+        if type(self.pipe.scheduler).__name__ != scheduler:
+            self.pipe.scheduler = getattr(diffusers, scheduler).from_config(self.pipe.scheduler.config)
         self.pipe.set_progress_bar_config(disable=True)
         self.args, self.art, self.np, self.torch = args, art, np, torch
         self.precision = "float32"
@@ -105,7 +115,7 @@ class DiffusersSubject:
             images = self.pipe(
                 a.prompt,
                 num_inference_steps=a.steps,
-                guidance_scale=0.0,
+                guidance_scale=a.guidance_scale,
                 latents=latents,
                 height=self.art.height,
                 width=self.art.width,
@@ -131,6 +141,7 @@ def main() -> None:
     p.add_argument("--cache-dir")
     p.add_argument("--prompt", required=True)
     p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--guidance-scale", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     args.backend = args.subject

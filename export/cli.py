@@ -20,14 +20,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", nargs="+", default=None, metavar="FMT", help=f"{' '.join(FORMATS)} (default: both)")
     p.add_argument("--precision", default="fp32", metavar="P", help=f"{' | '.join(PRECISIONS)} (default fp32)")
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, help="image height (default: the model's, 1024 for SDXL base, else 512)")
+    p.add_argument("--width", type=int, help="image width (default: the model's)")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds something else")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (can run code)")
     p.add_argument(
         "--update-lock", action="store_true", help="resolve MODEL on the hub and write its models.lock entry"
     )
-    p.add_argument("--family", choices=list(FAMILIES), help="with --update-lock: family of a new entry")
+    p.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        help="family of a folder whose files do not tell it, or with --update-lock of a new entry",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, only errors and the artifacts path")
     p.add_argument("--verbose", action="store_true")
     return p
@@ -40,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_lock:
         from export.sources import update_lock
 
-        entry = update_lock(args.model, family=args.family)
+        entry = update_lock(args.model, family=args.family, allow_pickle=args.allow_pickle)
         print(f"models.lock: {args.model} at {entry['revision']} ({len(entry['files'])} files pinned)")
         return 0
     from export.exporter import ExportConfig, export_model
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         width=args.width,
         force=args.force,
         allow_pickle=args.allow_pickle,
+        family=args.family,
         quiet=args.quiet,
     )
     out = export_model(config)

@@ -9,7 +9,7 @@ import logging
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -32,15 +32,17 @@ class ExportConfig:
     out: Path | None = None  # default: a folder in the cache keyed by model, shape and precision
     formats: tuple[str, ...] = FORMATS
     precision: str = "fp32"
-    height: int = 512
-    width: int = 512
+    height: int | None = None  # default: the family's size (1024 for SDXL base and refiner, else 512)
+    width: int | None = None
     force: bool = False  # replace an output folder that holds something other than artifacts
     allow_pickle: bool = False
+    family: str | None = None  # for a folder whose family cannot be told from its files
     quiet: bool = False
 
 
 def check_config(config: ExportConfig) -> None:
-    check_size(config.height, config.width)
+    if config.height is not None or config.width is not None:
+        check_size(config.height or 512, config.width or 512)
     unknown = [f for f in config.formats if f not in FORMATS]
     if unknown:
         raise InputError(f"unknown format {unknown[0]!r}; choose from: {', '.join(FORMATS)}")
@@ -134,7 +136,9 @@ def export_model(config: ExportConfig) -> Path:
         _require("nncf")
     from export.sources import resolve
 
-    source = resolve(config.model, allow_pickle=config.allow_pickle)
+    source = resolve(config.model, allow_pickle=config.allow_pickle, family=config.family)
+    size = source.family.default_size
+    config = replace(config, height=config.height or size, width=config.width or size)
     out = Path(config.out or default_out(config.model, config.height, config.width, config.precision))
     out = out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +177,8 @@ def _export_into(tmp: Path, source, config: ExportConfig) -> dict:
     io = component_io(family, model.dims, config.height, config.width)
     for name, tok in model.tokenizers.items():
         _save_tokenizer(tok, tmp / name)
-    ids = np.asarray([model.tokenizers["tokenizer"](CHECK_PROMPT, padding="max_length", truncation=True).input_ids])
+    first_tokenizer = model.tokenizers[family.tokenizers[0]]
+    ids = np.asarray([first_tokenizer(CHECK_PROMPT, padding="max_length", truncation=True).input_ids])
     components: dict[str, dict] = {}
     steps = [(c, f) for c in family.components for f in config.formats]
     with tqdm(total=len(steps), desc="export", unit="step", disable=config.quiet, leave=False) as bar:
@@ -215,6 +220,7 @@ def _export_into(tmp: Path, source, config: ExportConfig) -> dict:
         "formats": list(config.formats),
         "dims": model.dims.to_dict(),
         "scheduler": model.scheduler_config,
+        "pipeline": model.options,
         "tokenizers": list(family.tokenizers),
         "components": components,
         "tools": _tool_versions(),

@@ -104,24 +104,51 @@ def _vae(tiny: bool, scaling_factor: float):
     )
 
 
-def _sd_turbo(tiny: bool):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def _sd(tiny: bool, v1: bool = False):
+    """SD-Turbo (SD 2.1 architecture, OpenCLIP-H text encoder), or with v1 an SD 1.x model as
+    small-stable-diffusion-v0 (CLIP ViT-L text encoder, one layer per UNet block, DPM-Solver++ as it ships)."""
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel
 
-    tok = make_tokenizer(pad_token="!")
+    tok = make_tokenizer(pad_token="<|endoftext|>" if v1 else "!")
     if tiny:
         text = _text_config(
             tok, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, hidden_act="gelu"
         )
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64),
-            layers_per_block=2,
+            layers_per_block=1 if v1 else 2,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            attention_head_dim=(2, 4),
+            attention_head_dim=8 if v1 else (2, 4),
             cross_attention_dim=32,
-            use_linear_projection=True,
+            use_linear_projection=not v1,
             norm_num_groups=16,
+            sample_size=64,
+        )
+    elif v1:
+        text = _text_config(
+            tok,
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        )
+        unet = UNet2DConditionModel(
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            attention_head_dim=8,
+            cross_attention_dim=768,
             sample_size=64,
         )
     else:
@@ -145,20 +172,78 @@ def _sd_turbo(tiny: bool):
             use_linear_projection=True,
             sample_size=64,
         )
+    if v1:
+        scheduler = DPMSolverMultistepScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", algorithm_type="dpmsolver++"
+        )
+    else:
+        scheduler = EulerDiscreteScheduler(**_SCHEDULER)
     return StableDiffusionPipeline(
         vae=_vae(tiny, 0.18215),
         text_encoder=CLIPTextModel(text),
         tokenizer=tok,
         unet=unet,
-        scheduler=EulerDiscreteScheduler(**_SCHEDULER),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
 
 
-def _sdxl_turbo(tiny: bool):
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+def _sdxl_unet(tiny: bool, refiner: bool = False):
+    """SDXL's UNet; the refiner's is wider, attends to one text encoder and adds an aesthetic score to its time ids."""
+    from diffusers import UNet2DConditionModel
+
+    time_ids = 5 if refiner else 6
+    if tiny:
+        return UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            transformer_layers_per_block=(1, 2),
+            cross_attention_dim=48 if refiner else 80,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=time_ids * 8 + 32,
+            use_linear_projection=True,
+            norm_num_groups=16,
+            sample_size=64,
+        )
+    if refiner:
+        return UNet2DConditionModel(
+            block_out_channels=(384, 768, 1536, 1536),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(6, 12, 24, 24),
+            transformer_layers_per_block=4,
+            cross_attention_dim=1280,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2560,
+            use_linear_projection=True,
+            sample_size=128,
+        )
+    return UNet2DConditionModel(
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(5, 10, 20),
+        transformer_layers_per_block=(1, 2, 10),
+        cross_attention_dim=2048,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        use_linear_projection=True,
+        sample_size=64,
+    )
+
+
+def _sdxl_text_encoders(tiny: bool):
+    """SDXL's CLIP ViT-L and OpenCLIP bigG (with projection) text encoders and their tokenizers."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tok = make_tokenizer(pad_token="<|endoftext|>")
@@ -176,21 +261,6 @@ def _sdxl_turbo(tiny: bool):
             num_hidden_layers=3,
             hidden_act="gelu",
             projection_dim=32,
-        )
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            transformer_layers_per_block=(1, 2),
-            cross_attention_dim=80,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=6 * 8 + 32,
-            use_linear_projection=True,
-            norm_num_groups=16,
-            sample_size=64,
         )
     else:
         text = _text_config(
@@ -213,37 +283,62 @@ def _sdxl_turbo(tiny: bool):
             hidden_act="gelu",
             projection_dim=1280,
         )
-        unet = UNet2DConditionModel(
-            block_out_channels=(320, 640, 1280),
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(5, 10, 20),
-            transformer_layers_per_block=(1, 2, 10),
-            cross_attention_dim=2048,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-            use_linear_projection=True,
-            sample_size=64,
-        )
+    return CLIPTextModel(text), tok, CLIPTextModelWithProjection(text_2), tok_2
+
+
+def _sdxl(tiny: bool, guided: bool = False):
+    """SDXL-Turbo, or with guided SDXL base 1.0 (Euler with "leading" spacing, as it ships)."""
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    unet, vae = _sdxl_unet(tiny), _vae(tiny, 0.13025)  # created in this order, as in every earlier version
+    text, tok, text_2, tok_2 = _sdxl_text_encoders(tiny)
+    if guided:
+        scheduler = EulerDiscreteScheduler(**{**_SCHEDULER, "timestep_spacing": "leading"})
+    else:
+        scheduler = EulerAncestralDiscreteScheduler(**_SCHEDULER)
     return StableDiffusionXLPipeline(
-        vae=_vae(tiny, 0.13025),
-        text_encoder=CLIPTextModel(text),
-        text_encoder_2=CLIPTextModelWithProjection(text_2),
+        vae=vae,
+        text_encoder=text,
+        text_encoder_2=text_2,
         tokenizer=tok,
         tokenizer_2=tok_2,
         unet=unet,
-        scheduler=EulerAncestralDiscreteScheduler(**_SCHEDULER),
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+def _sdxl_refiner(tiny: bool):
+    """The SDXL refiner: an image-to-image pipeline with the OpenCLIP bigG text encoder only."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+
+    unet, vae = _sdxl_unet(tiny, refiner=True), _vae(tiny, 0.13025)
+    _, _, text_2, tok_2 = _sdxl_text_encoders(tiny)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_2,
+        tokenizer=None,
+        tokenizer_2=tok_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**{**_SCHEDULER, "timestep_spacing": "leading"}),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
     )
 
 
 # name -> (family, builder)
 REPLICAS: dict[str, tuple[str, Callable]] = {
-    "tiny-sd-turbo": ("sd-turbo", lambda: _sd_turbo(tiny=True)),
-    "tiny-sdxl-turbo": ("sdxl-turbo", lambda: _sdxl_turbo(tiny=True)),
-    "sd-turbo-arch": ("sd-turbo", lambda: _sd_turbo(tiny=False)),
-    "sdxl-turbo-arch": ("sdxl-turbo", lambda: _sdxl_turbo(tiny=False)),
+    "tiny-sd-turbo": ("sd-turbo", lambda: _sd(tiny=True)),
+    "tiny-sdxl-turbo": ("sdxl-turbo", lambda: _sdxl(tiny=True)),
+    "tiny-small-sd": ("sd1", lambda: _sd(tiny=True, v1=True)),
+    "tiny-sdxl": ("sdxl", lambda: _sdxl(tiny=True, guided=True)),
+    "tiny-sdxl-refiner": ("sdxl-refiner", lambda: _sdxl_refiner(tiny=True)),
+    "sd-turbo-arch": ("sd-turbo", lambda: _sd(tiny=False)),
+    "sdxl-turbo-arch": ("sdxl-turbo", lambda: _sdxl(tiny=False)),
+    "small-sd-arch": ("sd1", lambda: _sd(tiny=False, v1=True)),
+    "sdxl-arch": ("sdxl", lambda: _sdxl(tiny=False, guided=True)),
+    "sdxl-refiner-arch": ("sdxl-refiner", lambda: _sdxl_refiner(tiny=False)),
 }
 
 

@@ -40,7 +40,6 @@ _WEIGHT_DIRS = {
     "vae_encoder": ("vae", "diffusion_pytorch_model"),
     "vae_decoder": ("vae", "diffusion_pytorch_model"),
 }
-_FAMILY_OF_PIPELINE = {fam.pipeline_class: fam.name for fam in FAMILIES.values()}
 
 
 @dataclass(frozen=True)
@@ -133,6 +132,8 @@ def folder_files(folder: Path, family: Family, allow_pickle: bool = False) -> tu
 
 
 def _family_of_folder(folder: Path) -> Family:
+    """From the pipeline class in model_index.json; a turbo and a guided family share their pipeline class, and
+    tell apart by the scheduler: the turbo checkpoints sample from the last timestep ("trailing" spacing)."""
     index = folder / "model_index.json"
     if not index.is_file():
         raise SourceError(f"{folder} is not a diffusers model folder: model_index.json is missing")
@@ -140,10 +141,18 @@ def _family_of_folder(folder: Path) -> Family:
         cls = json.loads(index.read_text()).get("_class_name")
     except ValueError:
         raise SourceError(f"{index} is not valid JSON") from None
-    if cls not in _FAMILY_OF_PIPELINE:
-        supported = ", ".join(sorted(_FAMILY_OF_PIPELINE))
+    candidates = [f for f in FAMILIES.values() if f.pipeline_class == cls]
+    if not candidates:
+        supported = ", ".join(sorted({f.pipeline_class for f in FAMILIES.values()}))
         raise SourceError(f"{folder} holds a {cls}; supported pipelines: {supported}")
-    return FAMILIES[_FAMILY_OF_PIPELINE[cls]]
+    if len(candidates) > 1:
+        try:
+            scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        except (OSError, ValueError):
+            scheduler = {}
+        turbo = scheduler.get("timestep_spacing") == "trailing"
+        candidates = [f for f in candidates if f.guided != turbo]
+    return candidates[0]
 
 
 def _hash_folder(folder: Path, files: list[str]) -> dict[str, str]:
@@ -160,7 +169,10 @@ def _check_lock(model_id: str, entry: dict, actual: dict[str, str]) -> None:
             raise SourceError(f"{model_id}: sha256 mismatch for {name}: expected {expected}, got {got}")
     unpinned = sorted(set(actual) - set(pinned))
     if unpinned:
-        raise SourceError(f"{model_id}: {unpinned[0]} is used but not pinned in models.lock; run --update-lock")
+        raise SourceError(
+            f"{model_id}: models.lock pins only part of the files the export reads ({unpinned[0]} is not pinned); "
+            f"run: turbo-export --update-lock {model_id}"
+        )
 
 
 def _reachable(endpoint: str) -> bool:
@@ -172,7 +184,9 @@ def _reachable(endpoint: str) -> bool:
         return False
 
 
-def _download(repo: str, revision: str | None, family: Family, files: list[str] | None) -> tuple[Path, str]:
+def _download(
+    repo: str, revision: str | None, family: Family, files: list[str] | None, allow_pickle: bool = False
+) -> tuple[Path, str]:
     """Snapshot of `files` (or, unpinned, of the fp32 files a family needs); honours HF_HUB_OFFLINE and the cache."""
     try:
         from huggingface_hub import constants, snapshot_download
@@ -188,7 +202,7 @@ def _download(repo: str, revision: str | None, family: Family, files: list[str] 
     else:
         dirs = sorted({_WEIGHT_DIRS[c][0] for c in family.components} | set(family.tokenizers) | {"scheduler"})
         patterns = ["model_index.json", *(f"{d}/*.json" for d in dirs), *(f"{d}/*.txt" for d in dirs)]
-        patterns += [f"{d}/*.safetensors" for d in dirs]
+        patterns += [f"{d}/*.safetensors" for d in dirs] + [f"{d}/*.bin" for d in dirs if allow_pickle]
     try:
         path = snapshot_download(
             repo,
@@ -213,10 +227,20 @@ def _download(repo: str, revision: str | None, family: Family, files: list[str] 
     return Path(path), resolved
 
 
-def resolve(model: str, allow_pickle: bool = False) -> Source:
-    """Turn MODEL (replica name, hub id in models.lock, or folder) into a verified Source."""
+def _check_family(model: str, family: Family, wanted: str | None) -> None:
+    if wanted is not None and wanted != family.name:
+        raise SourceError(f"{model} is a {family.name} model; --family {wanted} applies to folders only")
+
+
+def resolve(model: str, allow_pickle: bool = False, family: str | None = None) -> Source:
+    """Turn MODEL (replica name, hub id in models.lock, or folder) into a verified Source.
+
+    `family` names the family of a folder whose files do not tell it; for replicas and hub ids it must agree.
+    """
+    wanted = family
     if model in REPLICAS:
         family = get_family(REPLICAS[model][0])
+        _check_family(model, family, wanted)
         path = replica_path(model)
         files, variant = folder_files(path, family)
         return Source(model, "replica", path, family, variant, _hash_folder(path, files))
@@ -224,18 +248,25 @@ def resolve(model: str, allow_pickle: bool = False) -> Source:
     if model in lock:
         entry = lock[model]
         family = get_family(entry["family"])
+        _check_family(model, family, wanted)
         if not entry.get("files") or not entry.get("revision"):
             raise SourceError(
                 f"models.lock pins no revision or file hashes for {model}; run: turbo-export --update-lock {model}"
             )
         path, revision = _download(entry.get("repo", model), entry["revision"], family, list(entry["files"]))
-        files, variant = folder_files(path, family)
+        try:  # pickled weights are acceptable here: every file is checked against its pinned sha256 below
+            files, variant = folder_files(path, family, allow_pickle=True)
+        except SourceError as e:
+            raise SourceError(
+                f"{model}: models.lock pins only part of the files the export reads ({e}); "
+                f"run: turbo-export --update-lock {model}"
+            ) from None
         hashes = _hash_folder(path, files)
         _check_lock(model, entry, hashes)
         return Source(model, "hub", path, family, variant, hashes, revision)
     path = Path(model).expanduser()
     if path.is_dir():
-        family = _family_of_folder(path)
+        family = get_family(wanted) if wanted else _family_of_folder(path)
         files, variant = folder_files(path, family, allow_pickle)
         return Source(str(path.resolve()), "folder", path.resolve(), family, variant, _hash_folder(path, files))
     if path.exists():
@@ -243,7 +274,7 @@ def resolve(model: str, allow_pickle: bool = False) -> Source:
     raise SourceError(f"unknown model {model!r}; known: {', '.join(known_models())}; a diffusers folder path works too")
 
 
-def update_lock(model: str, repo: str | None = None, family: str | None = None) -> dict:
+def update_lock(model: str, repo: str | None = None, family: str | None = None, allow_pickle: bool = False) -> dict:
     """Resolve `model` on the hub at its newest revision and write its entry (revision + file hashes)."""
     path = lock_path()
     lock = read_lock(path)
@@ -254,8 +285,8 @@ def update_lock(model: str, repo: str | None = None, family: str | None = None) 
     if "family" not in entry:
         raise SourceError(f"{model} is not in models.lock yet: pass --family ({', '.join(FAMILIES)})")
     fam = get_family(entry["family"])
-    folder, revision = _download(entry["repo"], None, fam, None)
-    files, _ = folder_files(folder, fam)
+    folder, revision = _download(entry["repo"], None, fam, None, allow_pickle)
+    files, _ = folder_files(folder, fam, allow_pickle)
     entry["revision"] = revision
     entry.setdefault("steps", fam.default_steps)
     entry.setdefault("size", fam.default_size)
@@ -268,6 +299,8 @@ def update_lock(model: str, repo: str | None = None, family: str | None = None) 
 def dump_lock(lock: dict[str, dict]) -> str:
     lines = [
         "# Hub models turbo-export accepts by id: pinned revision and sha256 of every file used.",
+        "# Weights are the fp16 variant files where the repo has them (half the download); the export loads float32.",
+        "# An entry that pins only some of its files is refused until completed with: turbo-export --update-lock MODEL",
         "# Regenerate an entry with: turbo-export --update-lock MODEL",
         "",
     ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from turbo_runtime.spec import Family, ModelDims
+from turbo_runtime.spec import PIPELINE_OPTIONS, Family, ModelDims
 
 
 class TextEncoder(nn.Module):
@@ -73,6 +73,22 @@ class LoadedModel:
     dims: ModelDims
     tokenizers: dict[str, object]  # transformers tokenizers by folder name
     scheduler_config: dict
+    options: dict[str, bool]  # the SDXL pipeline switches in PIPELINE_OPTIONS
+
+
+def scheduler_config(scheduler) -> dict:
+    """The options the model's scheduler config sets, and its class; options it leaves out are left out, so that
+    switching to another scheduler fills them with that scheduler's defaults, as diffusers' from_config does."""
+    defaults = set(scheduler.config.get("_use_default_values") or ())
+    config = {k: v for k, v in scheduler.config.items() if not k.startswith("_") and k not in defaults}
+    return {**config, "_class_name": type(scheduler).__name__}
+
+
+def skipped_components(family: Family) -> dict:
+    """Components of the saved pipeline that the artifacts do without (SD 1.x's safety checker is not exported)."""
+    if family.pipeline_class == "StableDiffusionPipeline":
+        return dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return {}
 
 
 def load_model(
@@ -87,7 +103,7 @@ def load_model(
         lib.disable_progress_bar()
         lib.set_verbosity_error()
     pipeline_class = getattr(diffusers, family.pipeline_class)
-    pipe = pipeline_class.from_pretrained(path, variant=variant, dtype=dtype)
+    pipe = pipeline_class.from_pretrained(path, variant=variant, dtype=dtype, **skipped_components(family))
     sdxl = "text_encoder_2" in family.text_encoders
     modules: dict[str, nn.Module] = {}
     for name in family.text_encoders:
@@ -98,14 +114,19 @@ def load_model(
     for module in modules.values():
         module.to(device).eval().requires_grad_(False)
     tokenizers = {name: getattr(pipe, name) for name in family.tokenizers}
+    unet = pipe.unet.config
+    pooled_dim = pipe.text_encoder_2.config.projection_dim if sdxl else None
+    time_ids = None
+    if unet.addition_embed_type == "text_time":  # SDXL: sizes and crop (+ aesthetic score), each embedded
+        time_ids = (unet.projection_class_embeddings_input_dim - pooled_dim) // unet.addition_time_embed_dim
     dims = ModelDims(
-        text_length=tokenizers["tokenizer"].model_max_length,
+        text_length=tokenizers[family.tokenizers[0]].model_max_length,
         text_hidden=tuple(getattr(pipe, name).config.hidden_size for name in family.text_encoders),
-        pooled_dim=pipe.text_encoder_2.config.projection_dim if sdxl else None,
-        time_ids=6 if pipe.unet.config.addition_embed_type == "text_time" else None,
-        latent_channels=pipe.unet.config.in_channels,
+        pooled_dim=pooled_dim,
+        time_ids=time_ids,
+        latent_channels=unet.in_channels,
         vae_scale_factor=2 ** (len(pipe.vae.config.block_out_channels) - 1),
     )
-    scheduler_config = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
-    scheduler_config["_class_name"] = type(pipe.scheduler).__name__
-    return LoadedModel(modules, dims, tokenizers, scheduler_config)
+    options = {key: bool(pipe.config.get(key, False)) for key in PIPELINE_OPTIONS}
+    options["vae_force_upcast"] = bool(pipe.vae.config.get("force_upcast", True))
+    return LoadedModel(modules, dims, tokenizers, scheduler_config(pipe.scheduler), options)

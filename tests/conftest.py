@@ -12,7 +12,13 @@ import pytest
 
 SIZE = 128  # tests export at 128x128 (16x16 latents); the CLI default of 512 is exercised once
 BACKENDS = ("torch", "onnxruntime", "openvino")
-FAMILY_MODELS = {"sd-turbo": "tiny-sd-turbo", "sdxl-turbo": "tiny-sdxl-turbo"}
+FAMILY_MODELS = {
+    "sd-turbo": "tiny-sd-turbo",
+    "sdxl-turbo": "tiny-sdxl-turbo",
+    "sd1": "tiny-small-sd",
+    "sdxl": "tiny-sdxl",
+    "sdxl-refiner": "tiny-sdxl-refiner",
+}
 
 
 def pytest_configure(config):
@@ -27,12 +33,12 @@ def export_tiny(tmp_path_factory):
 
     made: dict[tuple, Path] = {}
 
-    def get(model: str, precision: str = "fp32", formats=("onnx", "openvino")) -> Path:
-        key = (model, precision, formats)
+    def get(model: str, precision: str = "fp32", formats=("onnx", "openvino"), size: int = SIZE) -> Path:
+        key = (model, precision, formats, size)
         if key not in made:
             out = tmp_path_factory.mktemp("artifacts") / f"{model}-{precision}"
             made[key] = export_model(
-                ExportConfig(model, out=out, height=SIZE, width=SIZE, precision=precision, formats=formats, quiet=True)
+                ExportConfig(model, out=out, height=size, width=size, precision=precision, formats=formats, quiet=True)
             )
         return made[key]
 
@@ -49,9 +55,21 @@ def sdxl_artifacts(export_tiny) -> Path:
     return export_tiny("tiny-sdxl-turbo")
 
 
+class _ArtifactsOf(dict):
+    """family -> its tiny replica's artifacts, exported on first use."""
+
+    def __init__(self, export_tiny):
+        super().__init__()
+        self.export_tiny = export_tiny
+
+    def __missing__(self, family: str) -> Path:
+        self[family] = self.export_tiny(FAMILY_MODELS[family])
+        return self[family]
+
+
 @pytest.fixture(scope="session")
-def artifacts_of(sd_artifacts, sdxl_artifacts):
-    return {"sd-turbo": sd_artifacts, "sdxl-turbo": sdxl_artifacts}
+def artifacts_of(export_tiny):
+    return _ArtifactsOf(export_tiny)
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

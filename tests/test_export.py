@@ -263,11 +263,36 @@ def test_the_lock_parses_and_pins_every_file():
     from export.sources import read_lock
 
     lock = read_lock()
-    assert {"stabilityai/sd-turbo", "stabilityai/sdxl-turbo"} <= set(lock)
-    for entry in lock.values():
+    complete = {"stabilityai/sd-turbo", "stabilityai/sdxl-turbo", "stabilityai/stable-diffusion-xl-base-1.0"}
+    assert complete | {"stabilityai/stable-diffusion-xl-refiner-1.0", "OFA-Sys/small-stable-diffusion-v0"} <= set(lock)
+    for model, entry in lock.items():
         assert len(entry["revision"]) == 40
-        assert entry["files"] and all(len(d) == 64 for d in entry["files"].values())
-        assert any(f.startswith("unet/") and f.endswith(".safetensors") for f in entry["files"])
+        assert all(len(d) == 64 for d in entry["files"].values())
+        if model in complete:
+            assert any(f.startswith("unet/") and f.endswith(".safetensors") for f in entry["files"])
+
+
+def test_a_partly_pinned_entry_asks_for_update_lock(hub, tmp_path):
+    env, pins, write_lock = hub
+    write_lock({k: v for k, v in pins.items() if k.startswith("unet/")})
+    result = run_cli("turbo-export", "acme/tiny-sd-turbo", "--out", str(tmp_path / "art"), *SMALL, env=env)
+    assert_one_line_error(result, "pins only part of the files", "turbo-export --update-lock acme/tiny-sd-turbo")
+    assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize(
+    "replica,family,other", [("tiny-sdxl", "sdxl", "sdxl-turbo"), ("tiny-sdxl-turbo", "sdxl-turbo", "sdxl")]
+)
+def test_folder_family_is_told_by_the_scheduler_or_given(tmp_path, replica, family, other):
+    """A turbo model and its guided base share a pipeline class; the turbo one samples from the last timestep."""
+    from export.sources import resolve
+
+    folder = tmp_path / "model"
+    shutil.copytree(replica_path(replica), folder)
+    assert resolve(str(folder)).family.name == family
+    assert resolve(str(folder), family=other).family.name == other
+    with pytest.raises(SourceError, match=f"{replica} is a {family} model; --family {other} applies to folders only"):
+        resolve(replica, family=other)
 
 
 # ---- bad input: one line, exit 2, nothing written ----

@@ -11,7 +11,7 @@ from PIL import Image
 
 from export.replicas import replica_path
 from turbo_runtime.pipeline import TurboPipeline, load_image
-from turbo_runtime.sampler import NoiseSource
+from turbo_runtime.sampler import SCHEDULERS, NoiseSource
 
 TOLERANCE = 1e-3
 PROMPT = "a red fox in the snow"
@@ -24,6 +24,15 @@ NOISE_MODULES = (
 PIPELINES = {
     "sd-turbo": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
     "sdxl-turbo": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
+    "sd1": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
+    "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
+    "sdxl-refiner": (None, "StableDiffusionXLImg2ImgPipeline"),
+}
+TURBO = ("sd-turbo", "sdxl-turbo")
+# Guided requests: plain guidance, a negative prompt, and guidance rescale.
+GUIDED = {
+    "sd1": [dict(guidance_scale=7.5), dict(guidance_scale=4.0, negative_prompt="blurry", guidance_rescale=0.7)],
+    "sdxl": [dict(guidance_scale=5.0), dict(guidance_scale=3.0, negative_prompt="blurry")],
 }
 
 
@@ -36,14 +45,21 @@ def init_image() -> Image.Image:
 
 @pytest.fixture(scope="session")
 def reference_pipes():
-    pipes = {}
-    for family, (t2i, i2i) in PIPELINES.items():
-        base = getattr(diffusers, t2i).from_pretrained(replica_path(FAMILY_MODELS[family]))
-        base.set_progress_bar_config(disable=True)
-        img = getattr(diffusers, i2i).from_pipe(base)
-        img.set_progress_bar_config(disable=True)
-        pipes[family] = (base, img)
-    return pipes
+    """family -> (text-to-image, image-to-image) diffusers pipelines on the tiny replica, loaded on first use."""
+    made = {}
+
+    def get(family: str):
+        if family not in made:
+            t2i, i2i = PIPELINES[family]
+            img = getattr(diffusers, i2i).from_pretrained(replica_path(FAMILY_MODELS[family]))
+            img.set_progress_bar_config(disable=True)
+            base = getattr(diffusers, t2i).from_pipe(img) if t2i else None
+            if base is not None:
+                base.set_progress_bar_config(disable=True)
+            made[family] = (base, img)
+        return made[family]
+
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -71,34 +87,43 @@ def feed_noise(monkeypatch, source: NoiseSource) -> None:
         monkeypatch.setattr(importlib.import_module(name), "randn_tensor", randn_tensor)
 
 
-def reference(pipes, family, monkeypatch, seed, steps, image=None, strength=None) -> np.ndarray:
-    base, img2img = pipes[family]
+def with_scheduler(pipe, name: str | None):
+    """The diffusers pipeline with its scheduler switched as --scheduler NAME switches ours."""
+    if name is None:
+        return pipe
+    cls = getattr(diffusers, SCHEDULERS[name])
+    return type(pipe).from_pipe(pipe, scheduler=cls.from_config(pipe.scheduler.config))
+
+
+def reference(pipes, family, monkeypatch, seed, steps, image=None, strength=None, scheduler=None, **guidance):
+    base, img2img = pipes(family)
+    guidance.setdefault("guidance_scale", 0.0)
     source = NoiseSource(seed)
     latent_shape = (1, 4, SIZE // 8, SIZE // 8)
     with torch.no_grad():
         if image is None:
             latents = torch.from_numpy(source.normal(latent_shape))
             feed_noise(monkeypatch, source)
-            return base(
+            return with_scheduler(base, scheduler)(
                 PROMPT,
                 num_inference_steps=steps,
-                guidance_scale=0.0,
                 latents=latents,
                 height=SIZE,
                 width=SIZE,
                 output_type="np",
+                **guidance,
             ).images
         # diffusers samples from the VAE posterior; our encoder gives its mean, so hand diffusers that mean.
         pixels = torch.from_numpy(load_image(image, SIZE, SIZE))
-        mean = base.vae.encode(pixels).latent_dist.mean * base.vae.config.scaling_factor
+        mean = img2img.vae.encode(pixels).latent_dist.mean * img2img.vae.config.scaling_factor
         feed_noise(monkeypatch, source)
-        return img2img(
-            PROMPT, image=mean, strength=strength, num_inference_steps=steps, guidance_scale=0.0, output_type="np"
+        return with_scheduler(img2img, scheduler)(
+            PROMPT, image=mean, strength=strength, num_inference_steps=steps, output_type="np", **guidance
         ).images
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("family", list(PIPELINES))
+@pytest.mark.parametrize("family", TURBO)
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_text_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, family, backend, steps):
     expected = reference(reference_pipes, family, monkeypatch, seed=11, steps=steps)
@@ -109,7 +134,7 @@ def test_text_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatc
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("family", list(PIPELINES))
+@pytest.mark.parametrize("family", TURBO)
 @pytest.mark.parametrize("steps,strength", [(1, 1.0), (2, 0.5), (4, 0.75)])
 def test_image_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, family, backend, steps, strength):
     image = init_image()
@@ -122,9 +147,112 @@ def test_image_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypat
     assert np.abs(result.images - expected).max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("family", list(PIPELINES))
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family,guidance", [(f, g) for f, gs in GUIDED.items() for g in gs])
+def test_guided_text_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, family, guidance, backend):
+    """SD 1.x with its DPM-Solver++ and SDXL base with Euler, under classifier-free guidance."""
+    expected = reference(reference_pipes, family, monkeypatch, seed=3, steps=6, **guidance)
+    actual = turbo_pipes(family, backend)(PROMPT, num_inference_steps=6, seed=3, output_type="np", **guidance)
+    assert_not_degenerate(expected)
+    assert np.abs(actual.images - expected).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "sdxl-refiner"])
+def test_guided_image_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, family, backend):
+    image = init_image()
+    expected = reference(
+        reference_pipes, family, monkeypatch, seed=4, steps=5, image=image, strength=0.6, guidance_scale=5.0
+    )
+    result = turbo_pipes(family, backend)(
+        PROMPT, image=image, strength=0.6, num_inference_steps=5, guidance_scale=5.0, seed=4, output_type="np"
+    )
+    assert result.steps == 3
+    assert_not_degenerate(expected)
+    assert np.abs(result.images - expected).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("family,scheduler", [("sdxl", "dpm++2m"), ("sd1", "euler-ancestral"), ("sd1", "euler")])
+def test_switched_scheduler_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, family, scheduler):
+    """--scheduler NAME equals diffusers with NAME's class made from the model's scheduler config."""
+    expected = reference(reference_pipes, family, monkeypatch, seed=8, steps=5, scheduler=scheduler, guidance_scale=5.0)
+    actual = turbo_pipes(family, "onnxruntime")(
+        PROMPT, num_inference_steps=5, guidance_scale=5.0, seed=8, scheduler=scheduler, output_type="np"
+    )
+    assert np.abs(actual.images - expected).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_refiner_ensemble_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, backend):
+    """SDXL base to denoising_end, latents handed to the refiner from denoising_start (ensemble of experts)."""
+    base, _ = reference_pipes("sdxl")
+    _, refiner = reference_pipes("sdxl-refiner")
+    source = NoiseSource(9)
+    with torch.no_grad():
+        latents = torch.from_numpy(source.normal((1, 4, SIZE // 8, SIZE // 8)))
+        feed_noise(monkeypatch, source)
+        handed = base(
+            PROMPT,
+            num_inference_steps=8,
+            denoising_end=0.7,
+            latents=latents,
+            height=SIZE,
+            width=SIZE,
+            output_type="latent",
+        ).images
+        expected = refiner(PROMPT, image=handed, num_inference_steps=8, denoising_start=0.7, output_type="np").images
+    ours = turbo_pipes("sdxl", backend)
+    ours_handed = ours(PROMPT, num_inference_steps=8, seed=9, denoising_end=0.7, output_type="latent").images
+    assert np.abs(ours_handed - handed.numpy()).max() <= TOLERANCE * max(1.0, float(handed.abs().max()))
+    result = ours(
+        PROMPT,
+        num_inference_steps=8,
+        seed=9,
+        refiner=turbo_pipes("sdxl-refiner", backend),
+        high_noise_frac=0.7,
+        output_type="np",
+    )
+    assert result.steps == 8
+    # Of the 8 "leading" timesteps (876, 751, ..., 1) the base takes those >= 300, the refiner the rest.
+    assert len(result.timings["unet"]) == 5 and len(result.timings["refiner_unet"]) == 3
+    assert_not_degenerate(expected)
+    assert np.abs(result.images - expected).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", list(TURBO) + list(GUIDED))
 def test_parity_is_sensitive_to_the_prompt(reference_pipes, turbo_pipes, monkeypatch, family):
     """The tolerance is far below what a different conditioning changes, so the parity tests can fail."""
-    expected = reference(reference_pipes, family, monkeypatch, seed=11, steps=1)
-    other = turbo_pipes(family, "onnxruntime")("a blue fox", num_inference_steps=1, seed=11, output_type="np").images
+    guidance = GUIDED.get(family, [{}])[0]
+    expected = reference(reference_pipes, family, monkeypatch, seed=11, steps=2, **guidance)
+    other = turbo_pipes(family, "onnxruntime")(
+        "a blue fox", num_inference_steps=2, seed=11, output_type="np", **guidance
+    ).images
     assert np.abs(other - expected).max() > 10 * TOLERANCE
+
+
+@pytest.mark.parametrize("family", list(GUIDED))
+def test_guidance_changes_the_image(turbo_pipes, family):
+    """Guided and unguided runs differ, so the guided parity tests test guidance."""
+    pipe = turbo_pipes(family, "onnxruntime")
+    guided = pipe(PROMPT, num_inference_steps=2, seed=1, guidance_scale=7.0, output_type="np").images
+    plain = pipe(PROMPT, num_inference_steps=2, seed=1, guidance_scale=1.0, output_type="np").images
+    assert np.abs(guided - plain).max() > 10 * TOLERANCE
+
+
+def test_sdxl_images_carry_the_watermark_as_in_diffusers(export_tiny, monkeypatch):
+    """At 256 px and up diffusers watermarks SDXL images (invisible-watermark is installed for the tests): so do we."""
+    size = 256
+    pipe = TurboPipeline.from_artifacts(export_tiny("tiny-sdxl-turbo", formats=("onnx",), size=size), "onnxruntime")
+    ref = diffusers.StableDiffusionXLPipeline.from_pretrained(replica_path("tiny-sdxl-turbo"))
+    ref.set_progress_bar_config(disable=True)
+    assert ref.watermark is not None
+    source = NoiseSource(2)
+    with torch.no_grad():
+        latents = torch.from_numpy(source.normal((1, 4, size // 8, size // 8)))
+        feed_noise(monkeypatch, source)
+        expected = ref(PROMPT, num_inference_steps=1, guidance_scale=0.0, latents=latents, height=size, width=size,
+                       output_type="np").images  # fmt: skip
+    marked = pipe(PROMPT, num_inference_steps=1, seed=2, output_type="np").images
+    plain = pipe(PROMPT, num_inference_steps=1, seed=2, output_type="np", watermark=False).images
+    assert np.abs(marked - expected).max() <= TOLERANCE
+    assert np.abs(plain - expected).max() > 10 * TOLERANCE

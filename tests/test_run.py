@@ -220,3 +220,57 @@ def test_missing_backend_package_names_the_extra(tmp_path, sd_artifacts, backend
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert_one_line_error(result, f'pip install "turbo-runtime[{extra}]"')
     assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_refiner_ensemble_matches_the_api(tmp_path, artifacts_of):
+    """--refiner with --high-noise-frac through the real CLI equals the Python API's ensemble of experts."""
+    out = tmp_path / "castle.png"
+    args = ["--prompt", "a castle", "--negative-prompt", "fog", "--steps", "6", "--seed", "5", "--out", str(out)]
+    base, refiner = str(artifacts_of["sdxl"]), str(artifacts_of["sdxl-refiner"])
+    result = run_cli(
+        "turbo-run", "--artifacts", base, "--refiner", refiner, "--high-noise-frac", "0.6", "--backend", "onnxruntime",
+        "--scheduler", "euler-ancestral", *args,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = png_text(out)
+    assert text["refiner"] == "tiny-sdxl-refiner" and text["high_noise_frac"] == "0.6"
+    assert text["negative_prompt"] == "fog" and text["guidance_scale"] == "5.0" and text["steps"] == "6"
+    pipe = TurboPipeline.from_artifacts(base, "onnxruntime")
+    expected = pipe(
+        "a castle", negative_prompt="fog", num_inference_steps=6, seed=5, scheduler="euler-ancestral",
+        refiner=TurboPipeline.from_artifacts(refiner, "onnxruntime"), high_noise_frac=0.6,
+    ).images[0]  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+
+
+def test_cli_guided_sd1_with_a_scheduler(tmp_path, artifacts_of):
+    out = tmp_path / "sd1.png"
+    result = run_cli(
+        "turbo-run", "--artifacts", str(artifacts_of["sd1"]), "--backend", "openvino", "--dtype", "float32",
+        "--prompt", "x", "--steps", "3", "--guidance-scale", "6", "--guidance-rescale", "0.5", "--scheduler", "euler",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert png_text(out)["scheduler"] == "euler" and png_text(out)["guidance_scale"] == "6.0"
+
+
+@pytest.mark.parametrize(
+    "family,args,fragments",
+    [
+        ("sd-turbo", ["--negative-prompt", "fog"], ["sd-turbo takes no negative prompt", "without classifier-free"]),
+        ("sd1", ["--scheduler", "ddim"], ["unknown scheduler 'ddim'", "euler, euler-ancestral, dpm++2m"]),
+        ("sd1", ["--guidance-scale", "1", "--negative-prompt", "fog"], ["negative prompt needs classifier-free"]),
+        ("sd1", ["--guidance-rescale", "1.5"], ["guidance_rescale must be in [0, 1], got 1.5"]),
+        ("sdxl", ["--refiner", "REFINER", "--high-noise-frac", "1.2"], ["high_noise_frac must be in (0, 1), got 1.2"]),
+        ("sdxl", ["--refiner", "REFINER", "--high-noise-frac", "0"], ["high_noise_frac must be in (0, 1), got 0.0"]),
+        ("sdxl", ["--high-noise-frac", "0.5"], ["--high-noise-frac applies with --refiner only"]),
+        ("sdxl", ["--refiner", "SD1"], ["the refiner must be an SDXL refiner (family sdxl-refiner), not sd1"]),
+        ("sd1", ["--refiner", "REFINER"], ["a refiner follows an SDXL base model (family sdxl), not sd1"]),
+        ("sdxl-refiner", [], ["sdxl-refiner refines an image: pass an init image"]),
+    ],
+)
+def test_guided_bad_input(tmp_path, artifacts_of, family, args, fragments):
+    subst = {"REFINER": str(artifacts_of["sdxl-refiner"]), "SD1": str(artifacts_of["sd1"])}
+    result, out = _run(artifacts_of[family], tmp_path, *[subst.get(a, a) for a in args])
+    assert_one_line_error(result, *fragments)
+    assert not out.exists()

@@ -73,6 +73,11 @@ class Artifacts:
     def scheduler_config(self) -> dict:
         return self.manifest["scheduler"]
 
+    @property
+    def pipeline_options(self) -> dict[str, bool]:
+        """diffusers pipeline switches (spec.PIPELINE_OPTIONS) the model was saved with."""
+        return self.manifest.get("pipeline", {})
+
     def io(self, component: str) -> ComponentIO:
         return component_io_from_manifest(self.manifest["components"][component])
 

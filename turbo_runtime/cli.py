@@ -14,6 +14,7 @@ from pathlib import Path
 from turbo_runtime.backends import BACKENDS
 from turbo_runtime.backends.base import DTYPES
 from turbo_runtime.errors import InputError, TurboError
+from turbo_runtime.sampler import SCHEDULERS
 from turbo_runtime.spec import PRECISIONS
 
 
@@ -52,7 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: random, saved in the PNG)")
     p.add_argument("--num-images", type=int, default=1)
-    p.add_argument("--guidance-scale", type=float, default=0.0, help="must be 0 for turbo models")
+    p.add_argument("--negative-prompt", help="what to steer away from (guided models, guidance scale above 1)")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        help="classifier-free guidance (default: the model's: 0 for turbo models, 7.5 for SD 1.x, 5 for SDXL)",
+    )
+    p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale in [0, 1] (default 0)")
+    p.add_argument("--scheduler", help=f"one of: {', '.join(SCHEDULERS)} (default: the model's)")
+    p.add_argument("--refiner", help="SDXL refiner (artifacts folder or model) for the base's last steps")
+    p.add_argument(
+        "--high-noise-frac", type=float, help="with --refiner: share of the schedule the base denoises (default 0.8)"
+    )
+    p.add_argument("--no-watermark", action="store_true", help="no invisible watermark on SDXL images")
     p.add_argument("--image", type=Path, help="init image for image-to-image")
     p.add_argument("--strength", type=float, help="image-to-image strength in (0, 1] (default 0.5)")
     p.add_argument("--height", type=int, help="must match the exported shape (with --model: export shape)")
@@ -91,43 +104,81 @@ def out_paths(out: Path, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(n)]
 
 
+def _load(value: str | Path, args, backend_options: dict, artifacts: bool):
+    """Artifacts folder or model (exported on first use at --height/--width, default the family's size)."""
+    from turbo_runtime.pipeline import TurboPipeline
+
+    if artifacts:
+        return TurboPipeline.from_artifacts(value, args.backend, **backend_options)
+    size = dict(height=args.height, width=args.width)
+    return TurboPipeline.from_model(
+        str(value), args.backend, precision=args.precision, quiet=args.quiet, **size, **backend_options
+    )
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    from turbo_runtime.artifacts import Artifacts
+    from turbo_runtime.artifacts import MANIFEST, Artifacts
     from turbo_runtime.backends import backend_class
-    from turbo_runtime.pipeline import TurboPipeline, check_request, request_defaults
+    from turbo_runtime.pipeline import Request, check_refiner
 
     backend_class(args.backend)  # an unknown backend or a missing package fails before any export or load
     if args.image is not None and not args.image.is_file():
         raise InputError(f"init image {args.image} does not exist")
     if args.out.suffix.lower() not in (".png", ""):
         raise InputError(f"--out must name a .png file, got {args.out}")
+    if args.high_noise_frac is not None and not args.refiner:
+        raise InputError("--high-noise-frac applies with --refiner only")
+    high_noise_frac = 0.8 if args.high_noise_frac is None else args.high_noise_frac
     options = dict(device=args.device, dtype=args.dtype, threads=args.threads)
-    has_image = args.image is not None
+    request = Request(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        guidance_rescale=args.guidance_rescale,
+        has_image=args.image is not None,
+        strength=args.strength,
+        num_images=args.num_images,
+        height=args.height,
+        width=args.width,
+        scheduler=args.scheduler,
+    )
+    # Check what can be checked before a model is exported or loaded.
+    pipe = refiner = None
     if args.model:
-        size = dict(height=args.height or 512, width=args.width or 512)
-        pipe = TurboPipeline.from_model(
-            args.model, args.backend, precision=args.precision, quiet=args.quiet, **size, **options
-        )
-        artifacts = pipe.artifacts
-    else:
-        artifacts = Artifacts.load(args.artifacts)
-    steps, strength = request_defaults(artifacts.family, args.steps, has_image, args.strength)
-    check_request(artifacts, steps, args.guidance_scale, strength, has_image, args.num_images, args.height, args.width)
-    if not args.model:
-        pipe = TurboPipeline.from_artifacts(args.artifacts, args.backend, **options)
+        pipe = _load(args.model, args, options, artifacts=False)
+    artifacts = pipe.artifacts if pipe else Artifacts.load(args.artifacts)
+    request = request.resolved(artifacts.family)
+    request.check(artifacts)
+    if args.refiner:
+        is_folder = (Path(args.refiner) / MANIFEST).is_file()
+        if is_folder:  # before its models are compiled
+            check_refiner(artifacts, Artifacts.load(args.refiner), request, high_noise_frac)
+        refiner = _load(args.refiner, args, options, artifacts=is_folder)
+    if pipe is None:
+        pipe = _load(args.artifacts, args, options, artifacts=True)
+    for p in (pipe, refiner):
+        if p is not None:
+            p.progress = not args.quiet
     result = pipe(
         prompt=args.prompt,
-        num_inference_steps=steps,
-        guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        guidance_rescale=args.guidance_rescale,
         seed=args.seed,
         image=args.image,
-        strength=strength,
+        strength=request.strength,
         num_images_per_prompt=args.num_images,
         height=args.height,
         width=args.width,
+        scheduler=args.scheduler,
+        refiner=refiner,
+        high_noise_frac=high_noise_frac,
+        watermark=False if args.no_watermark else None,
     )
     meta = {
         "prompt": args.prompt,
@@ -137,8 +188,16 @@ def main(argv: list[str] | None = None) -> int:
         "backend": args.backend,
         "software": "turbo-runtime",
     }
-    if has_image:
-        meta["strength"] = str(strength)
+    if request.guided:
+        meta["guidance_scale"] = str(request.guidance_scale)
+    if args.negative_prompt is not None:
+        meta["negative_prompt"] = args.negative_prompt
+    if args.scheduler:
+        meta["scheduler"] = args.scheduler
+    if refiner is not None:
+        meta.update(refiner=refiner.artifacts.model_id, high_noise_frac=str(high_noise_frac))
+    if request.has_image:
+        meta["strength"] = str(request.strength)
     paths = out_paths(args.out, len(result.images))
     for image, path in zip(result.images, paths):
         _save_png(image, path, meta)
@@ -146,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("turbo-run").info(
         "text %.3f s, unet %s s, vae decode %.3f s, total %.3f s",
         t["text_encoder"],
-        " + ".join(f"{s:.3f}" for s in t["unet"]),
-        t["vae_decoder"],
+        " + ".join(f"{s:.3f}" for s in t["unet"] + t.get("refiner_unet", [])),
+        t.get("refiner_vae_decoder", t.get("vae_decoder", 0.0)),
         t["total"],
     )
     if not args.quiet:

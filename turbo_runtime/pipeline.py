@@ -1,4 +1,8 @@
-"""TurboPipeline: tokenizer + backend + sampler, one loop for every backend; text-to-image and image-to-image."""
+"""TurboPipeline: tokenizer + backend + sampler, one loop for every backend.
+
+Text-to-image and image-to-image, classifier-free guidance for the guided families, and SDXL's ensemble of
+experts (the base denoises the high-noise steps, the refiner the rest), each as diffusers computes it.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,27 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from turbo_runtime.artifacts import Artifacts
-from turbo_runtime.backends import Backend, BackendOptions, create_backend
+from turbo_runtime.backends import Backend, BackendOptions, Conditioning, create_backend
 from turbo_runtime.errors import InputError
-from turbo_runtime.sampler import NoiseSource, Sampler
+from turbo_runtime.sampler import NoiseSource, Sampler, scheduler_of
 from turbo_runtime.spec import Family
 from turbo_runtime.tokenizer import Tokenizer
 
-OUTPUT_TYPES = ("pil", "np")
+OUTPUT_TYPES = ("pil", "np", "latent")
+# SDXL refiner micro-conditioning: aesthetic score of the conditional and unconditional branch (diffusers' defaults).
+AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
 
 
 @dataclass
 class PipelineOutput:
-    images: list | np.ndarray  # PIL images, or float32 N x H x W x 3 in [0, 1] for output_type="np"
+    images: list | np.ndarray  # PIL images; float32 N x H x W x 3 in [0, 1] ("np"); N x 4 x h x w ("latent")
     seed: int
-    steps: int  # denoising steps actually run
+    steps: int  # denoising steps actually run (base and refiner together)
     timings: dict[str, float | list[float]] = field(default_factory=dict)  # seconds per stage
 
 
@@ -53,57 +60,139 @@ def to_pil(images: np.ndarray) -> list:
     return [Image.fromarray((im * 255).round().astype(np.uint8)) for im in images]
 
 
-def request_defaults(family: Family, steps: int | None, has_image: bool, strength: float | None):
-    """Steps and strength left unset: the family's steps; for image-to-image strength 0.5 and enough steps."""
-    if has_image and strength is None:
-        strength = 0.5
-    if steps is None:
-        steps = family.default_steps
-        if has_image and 0 < strength <= 1:
-            steps = max(steps, math.ceil(1 / strength))
-    return steps, strength
+@dataclass(frozen=True)
+class Request:
+    """What one call asks for, checked against the artifacts before any model runs."""
 
+    prompt: str = ""
+    negative_prompt: str | None = None
+    steps: int | None = None  # None: the family's default
+    guidance_scale: float | None = None  # None: the family's default (0 for turbo families)
+    guidance_rescale: float = 0.0
+    has_image: bool = False
+    strength: float | None = None  # image-to-image; None: 0.5
+    num_images: int = 1
+    height: int | None = None
+    width: int | None = None
+    output_type: str = "pil"
+    scheduler: str | None = None  # None: the model's, else the family's
+    denoising_start: float | None = None  # refiner: start where the base stopped (replaces strength)
+    denoising_end: float | None = None  # base: stop after this fraction of the noise schedule
 
-def check_request(
-    artifacts: Artifacts,
-    steps,
-    guidance_scale: float = 0.0,
-    strength: float | None = None,
-    has_image: bool = False,
-    num_images=1,
-    height: int | None = None,
-    width: int | None = None,
-    output_type: str = "pil",
-) -> None:
-    """Refuse a request the artifacts cannot serve, before any model is loaded."""
-    family = artifacts.family
-    if not isinstance(steps, int) or steps < 1:
-        raise InputError(f"num_inference_steps must be an integer of at least 1, got {steps}")
-    if guidance_scale != 0 and not family.guidance:
-        raise InputError(
-            f"guidance_scale must be 0 for {family.name}: the model was distilled to sample without "
-            f"classifier-free guidance (got {guidance_scale})"
-        )
-    if not isinstance(num_images, int) or num_images < 1:
-        raise InputError(f"num_images_per_prompt must be at least 1, got {num_images}")
-    exported = (artifacts.height, artifacts.width)
-    if (height or exported[0], width or exported[1]) != exported:
-        raise InputError(
-            f"the artifacts were exported for {exported[0]}x{exported[1]} (height x width), not "
-            f"{height or exported[0]}x{width or exported[1]}; export again with --height/--width"
-        )
-    if output_type not in OUTPUT_TYPES:
-        raise InputError(f"unknown output_type {output_type!r}; choose from: {', '.join(OUTPUT_TYPES)}")
-    if strength is not None and not has_image:
-        raise InputError("strength applies to image-to-image only: pass an init image too")
-    if has_image:
-        if not 0 < strength <= 1:
-            raise InputError(f"strength must be in (0, 1], got {strength}")
-        if int(steps * strength) < 1:
+    def resolved(self, family: Family) -> Request:
+        """Defaults filled in: the family's steps and guidance; image-to-image strength 0.5 and enough steps."""
+        strength = self.strength
+        if self.has_image and strength is None and self.denoising_start is None:
+            strength = 0.5
+        steps = self.steps
+        if steps is None:
+            steps = family.default_steps
+            if strength is not None and 0 < strength <= 1:
+                steps = max(steps, math.ceil(1 / strength))
+        guidance = family.default_guidance if self.guidance_scale is None else self.guidance_scale
+        return replace(self, steps=steps, strength=strength, guidance_scale=guidance)
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance runs for a scale above 1, as in diffusers."""
+        return self.guidance_scale > 1
+
+    def check(self, artifacts: Artifacts) -> None:
+        """Refuse a request the artifacts cannot serve, before any model is loaded (call on a resolved request)."""
+        family = artifacts.family
+        steps = self.steps
+        if not isinstance(steps, int) or steps < 1:
+            raise InputError(f"num_inference_steps must be an integer of at least 1, got {steps}")
+        if not family.guided:
+            distilled = "the model was distilled to sample without classifier-free guidance"
+            if self.guidance_scale != 0:
+                raise InputError(f"guidance_scale must be 0 for {family.name}: {distilled} (got {self.guidance_scale})")
+            if self.negative_prompt is not None:
+                raise InputError(f"{family.name} takes no negative prompt: {distilled}, which a negative prompt steers")
+        elif self.guidance_scale < 0:
+            raise InputError(f"guidance_scale must be at least 0, got {self.guidance_scale}")
+        elif self.negative_prompt is not None and not self.guided:
             raise InputError(
-                f"num_inference_steps * strength must be at least 1 (got {steps} * {strength}): "
-                "image-to-image runs int(steps * strength) denoising steps; raise steps or strength"
+                f"a negative prompt needs classifier-free guidance: raise guidance_scale above 1 "
+                f"(got {self.guidance_scale})"
             )
+        if not 0 <= self.guidance_rescale <= 1:
+            raise InputError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
+        if self.guidance_rescale and not self.guided:
+            raise InputError("guidance_rescale applies to classifier-free guidance only: raise guidance_scale above 1")
+        if not isinstance(self.num_images, int) or self.num_images < 1:
+            raise InputError(f"num_images_per_prompt must be at least 1, got {self.num_images}")
+        exported = (artifacts.height, artifacts.width)
+        if (self.height or exported[0], self.width or exported[1]) != exported:
+            raise InputError(
+                f"the artifacts were exported for {exported[0]}x{exported[1]} (height x width), not "
+                f"{self.height or exported[0]}x{self.width or exported[1]}; export again with --height/--width"
+            )
+        if self.output_type not in OUTPUT_TYPES:
+            raise InputError(f"unknown output_type {self.output_type!r}; choose from: {', '.join(OUTPUT_TYPES)}")
+        Sampler.from_config(artifacts.scheduler_config, self.scheduler or default_scheduler(artifacts))
+        if family.needs_image and not self.has_image:
+            raise InputError(
+                f"{family.name} refines an image: pass an init image, or use it as the refiner of an SDXL base model"
+            )
+        for label in ("denoising_start", "denoising_end"):
+            value = getattr(self, label)
+            if value is not None and not 0 < value < 1:
+                raise InputError(f"{label} must be in (0, 1), got {value}")
+        if self.denoising_start is not None:
+            if not self.has_image:
+                raise InputError("denoising_start applies to image-to-image only: pass the latents to refine")
+            if self.strength is not None:
+                raise InputError("pass strength or denoising_start, not both: denoising_start replaces strength")
+            if self.denoising_end is not None and self.denoising_start >= self.denoising_end:
+                raise InputError(
+                    f"denoising_start ({self.denoising_start}) must be below denoising_end ({self.denoising_end})"
+                )
+        if self.strength is not None and not self.has_image:
+            raise InputError("strength applies to image-to-image only: pass an init image too")
+        if self.strength is not None:
+            if not 0 < self.strength <= 1:
+                raise InputError(f"strength must be in (0, 1], got {self.strength}")
+            if int(steps * self.strength) < 1:
+                raise InputError(
+                    f"num_inference_steps * strength must be at least 1 (got {steps} * {self.strength}): "
+                    "image-to-image runs int(steps * strength) denoising steps; raise steps or strength"
+                )
+
+
+def default_scheduler(artifacts: Artifacts) -> str:
+    """The scheduler the model ships when we run it, else the family's (small-sd's card: DPM-Solver++)."""
+    return scheduler_of(artifacts.scheduler_config) or artifacts.family.scheduler
+
+
+def step_range(sampler: Sampler, timesteps: np.ndarray, request: Request) -> tuple[int, int]:
+    """Indices [first, last) of the schedule this request denoises, as diffusers picks them."""
+    n, total = len(timesteps), sampler.num_train_timesteps
+    first = 0
+    if request.denoising_start is not None:  # the refiner: the steps below the base's cut-off
+        cutoff = int(round(total - request.denoising_start * total))
+        first = n - int((timesteps < cutoff).sum())
+    elif request.strength is not None:
+        first = n - min(int(request.steps * request.strength), n)
+    last = n
+    if request.denoising_end is not None:  # the base: the steps at or above the cut-off
+        cutoff = int(round(total - request.denoising_end * total))
+        last = first + int((timesteps[first:] >= cutoff).sum())
+    if last <= first:
+        raise InputError(
+            f"no denoising step falls in this part of the schedule ({request.steps} steps, denoising_start "
+            f"{request.denoising_start}, denoising_end {request.denoising_end}); raise num_inference_steps"
+        )
+    return first, last
+
+
+def rescale_noise_cfg(noise_cfg: np.ndarray, noise_text: np.ndarray, guidance_rescale: float) -> np.ndarray:
+    """Guidance rescale (Lin et al. 2023, section 3.4), as diffusers' rescale_noise_cfg."""
+    axes = tuple(range(1, noise_cfg.ndim))
+    std_text = noise_text.std(axis=axes, keepdims=True, ddof=1)
+    std_cfg = noise_cfg.std(axis=axes, keepdims=True, ddof=1)
+    rescaled = noise_cfg * (std_text / std_cfg)
+    return (guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg).astype(np.float32)
 
 
 class TurboPipeline:
@@ -114,9 +203,10 @@ class TurboPipeline:
         self.backend = backend
         self.family = artifacts.family
         self.tokenizers = [Tokenizer(artifacts.tokenizer_path(name)) for name in self.family.tokenizers]
-        self.sampler = Sampler.from_config(artifacts.scheduler_config)
         self.height, self.width = artifacts.height, artifacts.width
         self.latent_shape = artifacts.io("unet").inputs[0].shape
+        self.options = artifacts.pipeline_options
+        self.progress = False  # a progress bar over the denoising steps (turbo-run turns it on)
 
     @classmethod
     def from_artifacts(
@@ -137,13 +227,16 @@ class TurboPipeline:
         cls,
         model: str,
         backend: str = "openvino",
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         precision: str = "fp32",
         quiet: bool = True,
         **backend_options,
     ) -> TurboPipeline:
-        """Export `model` on first use into the cache (keyed by source hash, shape and precision), then load it."""
+        """Export `model` on first use into the cache (keyed by source hash, shape and precision), then load it.
+
+        height and width default to the model family's size (1024 for SDXL base and refiner, else 512).
+        """
         from turbo_runtime.backends import backend_class
         from turbo_runtime.errors import MissingDependency
         from turbo_runtime.spec import FORMATS
@@ -164,7 +257,9 @@ class TurboPipeline:
         self,
         prompt: str = "",
         num_inference_steps: int | None = None,
-        guidance_scale: float = 0.0,
+        guidance_scale: float | None = None,
+        negative_prompt: str | None = None,
+        guidance_rescale: float = 0.0,
         seed: int | None = None,
         latents: np.ndarray | None = None,
         image=None,
@@ -173,83 +268,201 @@ class TurboPipeline:
         height: int | None = None,
         width: int | None = None,
         output_type: str = "pil",
+        scheduler: str | None = None,
+        denoising_start: float | None = None,
+        denoising_end: float | None = None,
+        refiner: TurboPipeline | None = None,
+        high_noise_frac: float = 0.8,
+        watermark: bool | None = None,
     ) -> PipelineOutput:
-        """Text-to-image, or image-to-image when `image` is given.
+        """Text-to-image, or image-to-image when `image` is given (a picture, or latents to refine).
 
         `latents` is the initial Gaussian noise (as in diffusers); otherwise it is drawn from `seed`, so a seed
         gives the same noise on every backend. Image-to-image noises the encoded image to `strength` and runs
-        the last int(num_inference_steps * strength) steps.
+        the last int(num_inference_steps * strength) steps. Guided families run classifier-free guidance when
+        guidance_scale > 1 (default: the family's). With `refiner`, this SDXL base denoises the first
+        `high_noise_frac` of the schedule and the refiner the rest. `watermark`: SDXL outputs carry diffusers'
+        invisible watermark when invisible-watermark is installed (None), always (True) or never (False).
         """
         # 1. Check inputs
-        has_image = image is not None
-        num_inference_steps, strength = request_defaults(self.family, num_inference_steps, has_image, strength)
-        check_request(
-            self.artifacts,
+        request = Request(
+            prompt,
+            negative_prompt,
             num_inference_steps,
             guidance_scale,
+            guidance_rescale,
+            image is not None,
             strength,
-            has_image,
             num_images_per_prompt,
             height,
             width,
             output_type,
-        )
+            scheduler,
+            denoising_start,
+            denoising_end,
+        ).resolved(self.family)
+        if refiner is not None:
+            check_refiner(self.artifacts, refiner.artifacts, request, high_noise_frac)
+            request = replace(request, denoising_end=high_noise_frac)
+        request.check(self.artifacts)
+        image_latents = None
+        if isinstance(image, np.ndarray):  # latents to refine, as diffusers takes them
+            image_latents = self._check_latents("image latents", image, num_images_per_prompt)
+            image = None
         if latents is not None:
-            latents = np.asarray(latents, dtype=np.float32)
-            expected = (num_images_per_prompt, *self.latent_shape[1:])
-            if latents.shape not in (expected, self.latent_shape):
-                raise InputError(f"latents must have shape {expected}, got {latents.shape}")
-        init_image = load_image(image, self.width, self.height) if image is not None else None
+            latents = self._check_latents("latents", latents, num_images_per_prompt)
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
         noise = NoiseSource(seed)
-        timings: dict[str, float | list[float]] = {"unet": []}
+        if refiner is None:
+            return self._generate(request, noise, latents, image, image_latents, watermark)
+        # 2. Ensemble of experts: the base's latents, still noisy, go to the refiner, which goes on from there.
+        base = self._generate(replace(request, output_type="latent"), noise, latents, None, None, False)
+        refine = replace(
+            request.resolved(refiner.family), has_image=True, denoising_start=high_noise_frac, denoising_end=None
+        )
+        refine.check(refiner.artifacts)
+        out = refiner._generate(refine, noise, None, None, base.images, watermark)
+        timings = {k: v for k, v in base.timings.items() if k != "total"}
+        timings.update({f"refiner_{k}": v for k, v in out.timings.items() if k != "total"})
+        timings["total"] = base.timings["total"] + out.timings["total"]
+        return PipelineOutput(out.images, seed, base.steps + out.steps, timings)
+
+    def _check_latents(self, label: str, value, n: int) -> np.ndarray:
+        value = np.asarray(value, dtype=np.float32)
+        if value.shape not in ((n, *self.latent_shape[1:]), self.latent_shape):
+            raise InputError(f"{label} must have shape {(n, *self.latent_shape[1:])}, got {value.shape}")
+        return value
+
+    def _encode(self, prompt: str) -> Conditioning:
+        return self.backend.encode_text(tuple(tok(prompt) for tok in self.tokenizers))
+
+    def _time_ids(self, negative: bool) -> np.ndarray:
+        """SDXL micro-conditioning: original size, crop top-left, then target size or (refiner) aesthetic score."""
+        h, w = self.height, self.width
+        if self.options.get("requires_aesthetics_score"):
+            return np.array([[h, w, 0, 0, NEGATIVE_AESTHETIC_SCORE if negative else AESTHETIC_SCORE]], np.float32)
+        return np.array([[h, w, 0, 0, h, w]], np.float32)
+
+    def _conditioning(self, request: Request) -> tuple[Conditioning, Conditioning | None]:
+        """The prompt's conditioning and, with guidance, the unconditional branch's."""
+        cond = self._encode(request.prompt)
+        uncond = None
+        if request.guided:
+            if request.negative_prompt is None and self.options.get("force_zeros_for_empty_prompt"):
+                uncond = Conditioning(
+                    np.zeros_like(cond.encoder_hidden_states),
+                    None if cond.text_embeds is None else np.zeros_like(cond.text_embeds),
+                )
+            else:
+                uncond = self._encode(request.negative_prompt or "")
+        if cond.text_embeds is not None:
+            cond = replace(cond, time_ids=self._time_ids(negative=False))
+            if uncond is not None:
+                uncond = replace(uncond, time_ids=self._time_ids(negative=True))
+        return cond, uncond
+
+    def _predict(self, x, t, cond: Conditioning, uncond: Conditioning | None, request: Request) -> np.ndarray:
+        """The UNet's noise prediction, guided by the unconditional branch when there is one."""
+        eps = self.backend.predict_noise(x, t, cond)
+        if uncond is None:
+            return eps
+        eps_uncond = self.backend.predict_noise(x, t, uncond)
+        guided = eps_uncond + np.float32(request.guidance_scale) * (eps - eps_uncond)
+        if request.guidance_rescale > 0:
+            guided = rescale_noise_cfg(guided, eps, request.guidance_rescale)
+        return guided
+
+    def _generate(
+        self,
+        request: Request,
+        noise: NoiseSource,
+        latents: np.ndarray | None,
+        image: Any,
+        image_latents: np.ndarray | None,
+        watermark: bool | None,
+    ) -> PipelineOutput:
+        from tqdm import tqdm
+
+        from turbo_runtime import watermark as wm
+
+        scheduler = request.scheduler or default_scheduler(self.artifacts)
+        sampler = Sampler.from_config(self.artifacts.scheduler_config, scheduler)
+        mark = self.family.watermarked and watermark is not False and (watermark or wm.available())
+        init_image = load_image(image, self.width, self.height) if image is not None else None
+        timings: dict[str, Any] = {"unet": []}
         start = time.perf_counter()
 
-        # 2. Encode the prompt, once for all images
+        # 2. Encode the prompt (and the negative prompt), once for all images
         t0 = time.perf_counter()
-        cond = self.backend.encode_text(tuple(tok(prompt) for tok in self.tokenizers))
-        if cond.text_embeds is not None:  # SDXL: original size, crop top-left, target size
-            h, w = self.height, self.width
-            cond = replace(cond, time_ids=np.array([[h, w, 0, 0, h, w]], np.float32))
+        cond, uncond = self._conditioning(request)
         timings["text_encoder"] = time.perf_counter() - t0
 
-        # 3. Timesteps: all of them, or for image-to-image the last int(steps * strength)
-        schedule = self.sampler.schedule(num_inference_steps)
-        first = 0
-        image_latents = None
+        # 3. Timesteps: all of them, the last int(steps * strength), or the part before / after a hand-over
+        schedule = sampler.schedule(request.steps)
+        first, last = step_range(sampler, schedule.timesteps, request)
         if init_image is not None:
-            first = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
             t0 = time.perf_counter()
             image_latents = self.backend.encode_image(init_image)
             timings["vae_encoder"] = time.perf_counter() - t0
 
-        images = []
-        for n in range(num_images_per_prompt):
-            # 4. Initial latents: pure noise, or the encoded image noised to the first sigma
-            # Drawn even when `latents` replaces it, so the ancestral noise that follows depends only on the seed.
-            x = noise.normal(self.latent_shape)
-            if latents is not None:
-                x = latents[n : n + 1] if latents.shape[0] > 1 else latents
-            x = x * schedule.init_noise_sigma if image_latents is None else image_latents + x * schedule.sigmas[first]
+        outputs = []
+        bar = tqdm(total=request.num_images * (last - first), desc="denoise", unit="step", disable=not self.progress)
+        for n in range(request.num_images):
+            # 4. Initial latents: pure noise, the encoded image noised to the first step, or latents handed over.
+            # Noise is drawn even when `latents` replaces it, so the ancestral noise depends only on the seed.
+            if request.denoising_start is not None:
+                x = image_latents[n : n + 1] if image_latents.shape[0] > 1 else image_latents
+            else:
+                x = noise.normal(self.latent_shape)
+                if latents is not None:
+                    x = latents[n : n + 1] if latents.shape[0] > 1 else latents
+                if image_latents is None:
+                    x = x * schedule.init_noise_sigma
+                else:
+                    clean = image_latents[n : n + 1] if image_latents.shape[0] > 1 else image_latents
+                    x = sampler.add_noise(clean, x, schedule, first)
 
             # 5. Denoise
-            for i in range(first, num_inference_steps):
+            history: list[np.ndarray] = []
+            for i in range(first, last):
                 t0 = time.perf_counter()
-                model_input = self.sampler.scale_model_input(x, schedule.sigmas[i])
-                eps = self.backend.predict_noise(model_input, schedule.timesteps[i : i + 1], cond)
-                x = self.sampler.step(schedule, i, eps, x, noise)
+                model_input = sampler.scale_model_input(x, schedule, i)
+                eps = self._predict(model_input, schedule.timesteps[i : i + 1], cond, uncond, request)
+                x = sampler.step(schedule, i, eps, x, noise, history)
                 timings["unet"].append(time.perf_counter() - t0)
+                bar.update(1)
+            if request.output_type == "latent":
+                outputs.append(x[0])
+                continue
 
-            # 6. Decode
+            # 6. Decode (and watermark SDXL images, as diffusers does)
             t0 = time.perf_counter()
             decoded = self.backend.decode(x)
-            timings.setdefault("vae_decoder", 0.0)
-            timings["vae_decoder"] += time.perf_counter() - t0
-            images.append(np.clip(decoded[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0))
+            if mark:
+                decoded = wm.apply_watermark(decoded)
+            timings["vae_decoder"] = timings.get("vae_decoder", 0.0) + time.perf_counter() - t0
+            outputs.append(np.clip(decoded[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0))
+        bar.close()
 
         # 7. Convert
-        result = np.stack(images).astype(np.float32)
+        result = np.stack(outputs).astype(np.float32)
         timings["total"] = time.perf_counter() - start
-        return PipelineOutput(
-            to_pil(result) if output_type == "pil" else result, seed, num_inference_steps - first, timings
+        images = to_pil(result) if request.output_type == "pil" else result
+        return PipelineOutput(images, noise.seed, last - first, timings)
+
+
+def check_refiner(base: Artifacts, refiner: Artifacts, request: Request, high_noise_frac: float) -> None:
+    """The ensemble of experts: an SDXL base and an SDXL refiner of the same image size, split inside (0, 1)."""
+    if base.family.name != "sdxl":
+        raise InputError(f"a refiner follows an SDXL base model (family sdxl), not {base.family.name}")
+    if refiner.family.name != "sdxl-refiner":
+        raise InputError(f"the refiner must be an SDXL refiner (family sdxl-refiner), not {refiner.family.name}")
+    if refiner.io("unet").inputs[0].shape != base.io("unet").inputs[0].shape:
+        raise InputError(
+            f"the refiner was exported for {refiner.height}x{refiner.width}, the base for {base.height}x{base.width}; "
+            "export both at the same size"
         )
+    if not 0 < high_noise_frac < 1:
+        raise InputError(f"high_noise_frac must be in (0, 1), got {high_noise_frac}")
+    if request.has_image or request.denoising_end is not None or request.output_type == "latent":
+        raise InputError("with a refiner, the base generates from text: no image, denoising_end or latent output")

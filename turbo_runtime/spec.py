@@ -21,16 +21,26 @@ PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 1.5e-1}
 
 MIN_SIZE = 64
 
+# Switches of the saved pipeline, recorded in the manifest: SDXL's zeros instead of the encoded empty prompt as the
+# unconditional branch, the refiner's aesthetic-score time ids, and the VAE's need to run in float32 where the rest
+# runs in float16 (diffusers' force_upcast, true unless a VAE was fine-tuned for float16).
+PIPELINE_OPTIONS = ("force_zeros_for_empty_prompt", "requires_aesthetics_score", "vae_force_upcast")
+
 
 @dataclass(frozen=True)
 class Family:
     name: str
     text_encoders: tuple[str, ...]
-    scheduler: str  # the diffusers scheduler class these checkpoints ship with
+    scheduler: str  # our scheduler name to use when the model ships one we do not run
     default_steps: int
     default_size: int
-    guidance: bool  # whether classifier-free guidance is meaningful for this family
+    default_guidance: float  # 0 for distilled (turbo) families, which sample without classifier-free guidance
     pipeline_class: str  # diffusers pipeline class that saves this family
+    needs_image: bool = False  # an image-to-image model only (the SDXL refiner)
+
+    @property
+    def guided(self) -> bool:
+        return self.default_guidance > 0
 
     @property
     def tokenizers(self) -> tuple[str, ...]:
@@ -40,20 +50,22 @@ class Family:
     def components(self) -> tuple[str, ...]:
         return (*self.text_encoders, "unet", "vae_encoder", "vae_decoder")
 
+    @property
+    def watermarked(self) -> bool:
+        """diffusers' SDXL pipelines watermark their outputs when invisible-watermark is installed."""
+        return self.pipeline_class.startswith("StableDiffusionXL")
+
 
 FAMILIES: dict[str, Family] = {
-    "sd-turbo": Family(
-        "sd-turbo", ("text_encoder",), "EulerDiscreteScheduler", 1, 512, False, "StableDiffusionPipeline"
-    ),
-    "sdxl-turbo": Family(
-        "sdxl-turbo",
-        TEXT_ENCODERS,
-        "EulerAncestralDiscreteScheduler",
-        1,
-        512,
-        False,
-        "StableDiffusionXLPipeline",
-    ),
+    f.name: f
+    for f in (
+        Family("sd-turbo", ("text_encoder",), "euler", 1, 512, 0.0, "StableDiffusionPipeline"),
+        Family("sdxl-turbo", TEXT_ENCODERS, "euler-ancestral", 1, 512, 0.0, "StableDiffusionXLPipeline"),
+        # SD 1.x (and 2.x) checkpoints sampled with guidance, such as small-stable-diffusion-v0.
+        Family("sd1", ("text_encoder",), "dpm++2m", 25, 512, 7.5, "StableDiffusionPipeline"),
+        Family("sdxl", TEXT_ENCODERS, "euler", 30, 1024, 5.0, "StableDiffusionXLPipeline"),
+        Family("sdxl-refiner", ("text_encoder_2",), "euler", 30, 1024, 5.0, "StableDiffusionXLImg2ImgPipeline", True),
+    )
 }
 
 
@@ -91,7 +103,7 @@ class ModelDims:
     text_length: int  # tokenizer max length (77 for CLIP)
     text_hidden: tuple[int, ...]  # hidden size of each text encoder's output used by the UNet
     pooled_dim: int | None  # text_encoder_2 projection size (SDXL), else None
-    time_ids: int | None  # number of SDXL micro-conditioning values, else None
+    time_ids: int | None  # number of SDXL micro-conditioning values (6, or 5 with an aesthetic score), else None
     latent_channels: int
     vae_scale_factor: int
 

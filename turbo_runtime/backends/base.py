@@ -51,6 +51,10 @@ class Backend:
         self.family = artifacts.family
         self.io: dict[str, ComponentIO] = {c: artifacts.io(c) for c in self.family.components}
 
+    def upcast(self, component: str) -> bool:
+        """Whether `component` runs in float32 when the rest runs in float16: VAEs that overflow in float16."""
+        return component.startswith("vae") and self.artifacts.pipeline_options.get("vae_force_upcast", True)
+
     def _run(self, component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run one component on inputs in manifest order; outputs float32, in manifest order."""
         raise NotImplementedError

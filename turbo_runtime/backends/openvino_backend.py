@@ -39,7 +39,10 @@ class OpenVINOBackend(Backend):
         self.device = device
         self._requests = {}
         for component in self.family.components:
-            compiled = core.compile_model(str(artifacts.component_path(component, "openvino")), device, config)
+            own = config
+            if config.get("INFERENCE_PRECISION_HINT") == "f16" and self.upcast(component):
+                own = {**config, "INFERENCE_PRECISION_HINT": "f32"}
+            compiled = core.compile_model(str(artifacts.component_path(component, "openvino")), device, own)
             self._requests[component] = compiled.create_infer_request()
         # What the plugin chose, for reports: bf16 on CPUs with AMX or AVX512-BF16 unless --dtype says otherwise.
         hint = self._requests["unet"].get_compiled_model().get_property("INFERENCE_PRECISION_HINT")

@@ -40,13 +40,16 @@ class TorchBackend(Backend):
             raise ArtifactError(
                 f"the model files of {artifacts.model_id} changed since {artifacts.root} was exported; export again"
             )
-        self.device, self.dtype = device, _DTYPES[dtype]
-        self._modules = load_model(source.path, self.family, source.variant, self.dtype, device).modules
+        self.device = device
+        self._dtypes = {c: torch.float32 if dtype == "float16" and self.upcast(c) else _DTYPES[dtype] for c in self.io}
+        self._modules = load_model(source.path, self.family, source.variant).modules  # float32 on the CPU
+        for component, module in self._modules.items():
+            module.to(device=device, dtype=self._dtypes[component])
 
     def _run(self, component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        dtype = self._dtypes[component]
         tensors = [
-            torch.from_numpy(x).to(device=self.device, dtype=self.dtype if x.dtype == np.float32 else None)
-            for x in inputs
+            torch.from_numpy(x).to(device=self.device, dtype=dtype if x.dtype == np.float32 else None) for x in inputs
         ]
         with torch.inference_mode():
             out = self._modules[component](*tensors)
