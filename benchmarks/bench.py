@@ -46,6 +46,7 @@ class BenchConfig:
     precision: str = "fp32"
     steps: int | None = None  # None: the model family's default
     guidance_scale: float | None = None  # None: the family's default (classifier-free guidance above 1)
+    unet_batch: int = 1  # 2: artifacts whose UNet takes both guidance branches in one call
     runs: int = 5
     warmup: int = 1
     threads: int | None = None
@@ -210,7 +211,12 @@ def run_bench(config: BenchConfig) -> dict:
     t0 = time.perf_counter()
     artifacts = export_model(
         ExportConfig(
-            config.model, precision=config.precision, height=config.height, width=config.width, quiet=config.quiet
+            config.model,
+            precision=config.precision,
+            height=config.height,
+            width=config.width,
+            unet_batch=config.unet_batch,
+            quiet=config.quiet,
         )
     )
     export_s = time.perf_counter() - t0
@@ -224,7 +230,7 @@ def run_bench(config: BenchConfig) -> dict:
         guidance_scale=family.default_guidance if config.guidance_scale is None else config.guidance_scale,
     )
     latents = out / "latents.npy"
-    np.save(latents, NoiseSource(config.seed).normal(art.io("unet").inputs[0].shape))
+    np.save(latents, NoiseSource(config.seed).normal(art.latent_shape))
 
     source = resolve(art.model_id).path
     subjects = [(b, config.dtype) for b in config.backends]
@@ -297,7 +303,9 @@ def run_bench(config: BenchConfig) -> dict:
         }
     flops = stage_flops(artifacts, art.manifest)
     peaks = matmul_peak(config.threads)
-    add_throughput(results, flops, peaks, unet_calls=2 if config.guidance_scale > 1 else 1)
+    # UNet calls per step: two with guidance, unless the UNet was exported to take both branches at once
+    unet_calls = 2 if config.guidance_scale > 1 and config.unet_batch == 1 else 1
+    add_throughput(results, flops, peaks, unet_calls)
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": {**asdict(config), "out": str(out)},
@@ -336,6 +344,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", help="export precision of the artifacts")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default: the model's)")
+    p.add_argument("--unet-batch", type=int, default=1, help="export the UNet at batch 2 (guidance in one call)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int)
@@ -364,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         args.precision,
         args.steps,
         args.guidance_scale,
+        args.unet_batch,
         args.runs,
         args.warmup,
         args.threads,

@@ -104,7 +104,7 @@ class DiffusersSubject:
         from turbo_runtime.sampler import NoiseSource
 
         a, np, torch = self.args, self.np, self.torch
-        shape = self.art.io("unet").inputs[0].shape
+        shape = self.art.latent_shape
         # The same initial latents and, for ancestral samplers, the same per-step noise as turbo-runtime's loop.
         source = NoiseSource(a.seed)
         latents = torch.from_numpy(source.normal(shape))

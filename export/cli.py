@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", metavar="P", help=f"{' | '.join(PRECISIONS)} (default fp32)")
     p.add_argument("--height", type=int, help="image height (default: the model's, 1024 for SDXL base, else 512)")
     p.add_argument("--width", type=int, help="image width (default: the model's)")
+    p.add_argument(
+        "--unet-batch",
+        type=int,
+        default=1,
+        help="2: the UNet takes both branches of classifier-free guidance in one call (guided models; default 1)",
+    )
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds something else")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (can run code)")
     p.add_argument(
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         force=args.force,
         allow_pickle=args.allow_pickle,
         family=args.family,
+        unet_batch=args.unet_batch,
         quiet=args.quiet,
     )
     out = export_model(config)

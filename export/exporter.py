@@ -37,6 +37,7 @@ class ExportConfig:
     force: bool = False  # replace an output folder that holds something other than artifacts
     allow_pickle: bool = False
     family: str | None = None  # for a folder whose family cannot be told from its files
+    unet_batch: int = 1  # 2: the UNet takes both branches of classifier-free guidance in one call
     quiet: bool = False
 
 
@@ -48,6 +49,8 @@ def check_config(config: ExportConfig) -> None:
         raise InputError(f"unknown format {unknown[0]!r}; choose from: {', '.join(FORMATS)}")
     if config.precision not in PRECISIONS:
         raise InputError(f"unknown precision {config.precision!r}; choose from: {', '.join(PRECISIONS)}")
+    if config.unet_batch not in (1, 2):
+        raise InputError(f"--unet-batch must be 1 or 2, got {config.unet_batch}")
     if config.precision == "int8" and "onnx" in config.formats:
         raise InputError("int8 weight compression is made for OpenVINO only; use --format openvino")
 
@@ -62,9 +65,10 @@ def _require(*modules: str) -> None:
             raise MissingDependency(f"turbo-export needs the {name} package: {_EXPORT_EXTRA}")
 
 
-def default_out(model: str, height: int, width: int, precision: str) -> Path:
+def default_out(model: str, height: int, width: int, precision: str, unet_batch: int = 1) -> Path:
     slug = model.strip("/").replace("/", "--") if not Path(model).is_dir() else Path(model).resolve().name
-    return cache_root() / "artifacts" / slug / f"{height}x{width}-{precision}"
+    batch = f"-unet{unet_batch}" if unet_batch != 1 else ""
+    return cache_root() / "artifacts" / slug / f"{height}x{width}-{precision}{batch}"
 
 
 def _component_precision(component: str, fmt: str, precision: str) -> str:
@@ -82,6 +86,7 @@ def _reusable(out: Path, source_hash: str, config: ExportConfig) -> bool:
         same = (
             m["model"]["source_hash"] == source_hash
             and (m["height"], m["width"], m["precision"]) == (config.height, config.width, config.precision)
+            and m.get("batch", 1) == config.unet_batch
             and set(config.formats) <= set(m["formats"])
         )
         if same:
@@ -137,10 +142,12 @@ def export_model(config: ExportConfig) -> Path:
     from export.sources import resolve
 
     source = resolve(config.model, allow_pickle=config.allow_pickle, family=config.family)
+    if config.unet_batch == 2 and not source.family.guided:
+        raise InputError(f"--unet-batch 2 is for classifier-free guidance, which {source.family.name} does not use")
     size = source.family.default_size
     config = replace(config, height=config.height or size, width=config.width or size)
-    out = Path(config.out or default_out(config.model, config.height, config.width, config.precision))
-    out = out.expanduser().resolve()
+    out = config.out or default_out(config.model, config.height, config.width, config.precision, config.unet_batch)
+    out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     # One export per target at a time: a second one waits, then finds the first one's artifacts reusable.
     with open(out.parent / f".{out.name}.lock", "w") as lock:
@@ -174,7 +181,7 @@ def _export_into(tmp: Path, source, config: ExportConfig) -> dict:
 
     family = source.family
     model = load_model(source.path, family, source.variant)
-    io = component_io(family, model.dims, config.height, config.width)
+    io = component_io(family, model.dims, config.height, config.width, config.unet_batch)
     for name, tok in model.tokenizers.items():
         _save_tokenizer(tok, tmp / name)
     first_tokenizer = model.tokenizers[family.tokenizers[0]]
@@ -215,7 +222,7 @@ def _export_into(tmp: Path, source, config: ExportConfig) -> dict:
         "family": family.name,
         "height": config.height,
         "width": config.width,
-        "batch": 1,
+        "batch": config.unet_batch,  # the UNet's; every other component takes one image
         "precision": config.precision,
         "formats": list(config.formats),
         "dims": model.dims.to_dict(),

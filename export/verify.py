@@ -24,7 +24,7 @@ def example_inputs(
             value = np.full(spec.shape, 999.0, np.float32)
         elif spec.name == "time_ids":  # original size, crop, then target size or (refiner) an aesthetic score
             ids = [height, width, 0, 0, height, width] if spec.shape[1] == 6 else [height, width, 0, 0, 6.0]
-            value = np.array([ids], np.float32)
+            value = np.array([ids] * spec.shape[0], np.float32)
         elif spec.name == "image":
             value = rng.uniform(-1, 1, spec.shape).astype(np.float32)
         else:

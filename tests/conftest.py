@@ -28,18 +28,19 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def export_tiny(tmp_path_factory):
-    """Export a tiny replica once per session at SIZE x SIZE in both formats; returns its folder."""
+    """Export a tiny replica once per session (default: SIZE x SIZE, both formats, fp32); returns its folder."""
     from export.exporter import ExportConfig, export_model
 
     made: dict[tuple, Path] = {}
 
-    def get(model: str, precision: str = "fp32", formats=("onnx", "openvino"), size: int = SIZE) -> Path:
-        key = (model, precision, formats, size)
+    def get(
+        model: str, precision: str = "fp32", formats=("onnx", "openvino"), size: int = SIZE, unet_batch: int = 1
+    ) -> Path:
+        key = (model, precision, formats, size, unet_batch)
         if key not in made:
             out = tmp_path_factory.mktemp("artifacts") / f"{model}-{precision}"
-            made[key] = export_model(
-                ExportConfig(model, out=out, height=size, width=size, precision=precision, formats=formats, quiet=True)
-            )
+            config = ExportConfig(model, out, formats, precision, size, size, unet_batch=unet_batch, quiet=True)
+            made[key] = export_model(config)
         return made[key]
 
     return get

@@ -315,6 +315,9 @@ def _broken_folder(tmp_path: Path, remove: str) -> Path:
         (["tiny-sd-turbo", "--format", "tflite"], ["unknown format 'tflite'", "onnx, openvino"]),
         (["tiny-sd-turbo", "--precision", "int4"], ["unknown precision 'int4'", "fp32, fp16, int8"]),
         (["tiny-sd-turbo", "--precision", "int8", "--format", "onnx"], ["int8", "--format openvino"]),
+        (["tiny-sd-turbo", "--unet-batch", "3"], ["--unet-batch must be 1 or 2, got 3"]),
+        (["tiny-sd-turbo", "--unet-batch", "2"], ["--unet-batch 2 is for classifier-free guidance", "sd-turbo"]),
+        (["tiny-sd-turbo", "--family", "sd1"], ["tiny-sd-turbo is a sd-turbo model; --family sd1 applies to folders"]),
     ],
 )
 def test_bad_arguments(tmp_path, args, fragments):

@@ -158,6 +158,22 @@ def test_guided_text_to_image_equals_diffusers(reference_pipes, turbo_pipes, mon
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_guidance_in_one_batch_2_call_equals_diffusers(reference_pipes, export_tiny, monkeypatch, family, backend):
+    """Artifacts whose UNet takes both branches at once (turbo-export --unet-batch 2) give the same images."""
+    guidance = GUIDED[family][1]
+    expected = reference(reference_pipes, family, monkeypatch, seed=3, steps=4, **guidance)
+    artifacts = export_tiny(FAMILY_MODELS[family], unet_batch=2)
+    pipe = TurboPipeline.from_artifacts(artifacts, backend, dtype="float32" if backend != "onnxruntime" else None)
+    assert pipe.artifacts.unet_batch == 2
+    actual = pipe(PROMPT, num_inference_steps=4, seed=3, output_type="np", **guidance).images
+    assert np.abs(actual - expected).max() <= TOLERANCE
+    unguided = reference(reference_pipes, family, monkeypatch, seed=3, steps=2, guidance_scale=1.0)
+    actual = pipe(PROMPT, num_inference_steps=2, seed=3, output_type="np", guidance_scale=1.0).images
+    assert np.abs(actual - unguided).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", ["sd1", "sdxl", "sdxl-refiner"])
 def test_guided_image_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, family, backend):
     image = init_image()

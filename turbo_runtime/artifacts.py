@@ -74,6 +74,16 @@ class Artifacts:
         return self.manifest["scheduler"]
 
     @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """One image's latents (the VAE decoder's input)."""
+        return self.io("vae_decoder").inputs[0].shape
+
+    @property
+    def unet_batch(self) -> int:
+        """Latents per UNet call: 1, or 2 for classifier-free guidance in one call."""
+        return self.io("unet").inputs[0].shape[0]
+
+    @property
     def pipeline_options(self) -> dict[str, bool]:
         """diffusers pipeline switches (spec.PIPELINE_OPTIONS) the model was saved with."""
         return self.manifest.get("pipeline", {})

@@ -204,7 +204,7 @@ class TurboPipeline:
         self.family = artifacts.family
         self.tokenizers = [Tokenizer(artifacts.tokenizer_path(name)) for name in self.family.tokenizers]
         self.height, self.width = artifacts.height, artifacts.width
-        self.latent_shape = artifacts.io("unet").inputs[0].shape
+        self.latent_shape = artifacts.latent_shape
         self.options = artifacts.pipeline_options
         self.progress = False  # a progress bar over the denoising steps (turbo-run turns it on)
 
@@ -362,11 +362,19 @@ class TurboPipeline:
         return cond, uncond
 
     def _predict(self, x, t, cond: Conditioning, uncond: Conditioning | None, request: Request) -> np.ndarray:
-        """The UNet's noise prediction, guided by the unconditional branch when there is one."""
-        eps = self.backend.predict_noise(x, t, cond)
+        """The UNet's noise prediction, guided by the unconditional branch when there is one.
+
+        Both branches go through one batch-2 call where the backend takes it (torch, or a UNet exported at batch
+        2), else through two batch-1 calls; a UNet exported at batch 2 computes an unguided prediction twice."""
+        batches = self.backend.unet_batches
+        if 2 in batches and (uncond is not None or 1 not in batches):
+            both = self.backend.predict_noise(np.concatenate([x, x]), t, Conditioning.concat(uncond or cond, cond))
+            eps_uncond, eps = both[:1], both[1:]
+        else:
+            eps = self.backend.predict_noise(x, t, cond)
+            eps_uncond = None if uncond is None else self.backend.predict_noise(x, t, uncond)
         if uncond is None:
             return eps
-        eps_uncond = self.backend.predict_noise(x, t, uncond)
         guided = eps_uncond + np.float32(request.guidance_scale) * (eps - eps_uncond)
         if request.guidance_rescale > 0:
             guided = rescale_noise_cfg(guided, eps, request.guidance_rescale)
@@ -457,7 +465,7 @@ def check_refiner(base: Artifacts, refiner: Artifacts, request: Request, high_no
         raise InputError(f"a refiner follows an SDXL base model (family sdxl), not {base.family.name}")
     if refiner.family.name != "sdxl-refiner":
         raise InputError(f"the refiner must be an SDXL refiner (family sdxl-refiner), not {refiner.family.name}")
-    if refiner.io("unet").inputs[0].shape != base.io("unet").inputs[0].shape:
+    if refiner.latent_shape != base.latent_shape:
         raise InputError(
             f"the refiner was exported for {refiner.height}x{refiner.width}, the base for {base.height}x{base.width}; "
             "export both at the same size"

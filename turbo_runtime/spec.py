@@ -121,10 +121,14 @@ def check_size(height: int, width: int) -> None:
             raise InputError(f"{label} must be a multiple of 8 and at least {MIN_SIZE}, got {value}")
 
 
-def component_io(family: Family, dims: ModelDims, height: int, width: int) -> dict[str, ComponentIO]:
-    """Static I/O of every component of `family` at batch 1 and the given image size."""
+def component_io(
+    family: Family, dims: ModelDims, height: int, width: int, unet_batch: int = 1
+) -> dict[str, ComponentIO]:
+    """Static I/O of every component of `family` at the given image size: batch 1, and for the UNet `unet_batch`
+    (2 takes the unconditional and the conditional branch of classifier-free guidance in one call)."""
     check_size(height, width)
     lat = (1, dims.latent_channels, height // dims.vae_scale_factor, width // dims.vae_scale_factor)
+    b = unet_batch
     img = (1, 3, height, width)
     ids = TensorSpec("input_ids", (1, dims.text_length), "int64")
     f32 = "float32"
@@ -135,16 +139,16 @@ def component_io(family: Family, dims: ModelDims, height: int, width: int) -> di
             outputs.append(TensorSpec("text_embeds", (1, dims.pooled_dim), f32))
         io[name] = ComponentIO((ids,), tuple(outputs))
     unet_inputs = [
-        TensorSpec("sample", lat, f32),
+        TensorSpec("sample", (b, *lat[1:]), f32),
         TensorSpec("timestep", (1,), f32),
-        TensorSpec("encoder_hidden_states", (1, dims.text_length, sum(dims.text_hidden)), f32),
+        TensorSpec("encoder_hidden_states", (b, dims.text_length, sum(dims.text_hidden)), f32),
     ]
     if dims.time_ids is not None:
         unet_inputs += [
-            TensorSpec("text_embeds", (1, dims.pooled_dim), f32),
-            TensorSpec("time_ids", (1, dims.time_ids), f32),
+            TensorSpec("text_embeds", (b, dims.pooled_dim), f32),
+            TensorSpec("time_ids", (b, dims.time_ids), f32),
         ]
-    io["unet"] = ComponentIO(tuple(unet_inputs), (TensorSpec("noise_pred", lat, f32),))
+    io["unet"] = ComponentIO(tuple(unet_inputs), (TensorSpec("noise_pred", (b, *lat[1:]), f32),))
     io["vae_encoder"] = ComponentIO((TensorSpec("image", img, f32),), (TensorSpec("latent", lat, f32),))
     io["vae_decoder"] = ComponentIO((TensorSpec("latent", lat, f32),), (TensorSpec("image", img, f32),))
     return io

@@ -31,6 +31,19 @@ class Conditioning:
     text_embeds: np.ndarray | None = None  # SDXL pooled text embedding
     time_ids: np.ndarray | None = None  # SDXL micro-conditioning (original size, crop, target size)
 
+    @staticmethod
+    def concat(first: Conditioning, second: Conditioning) -> Conditioning:
+        """Both along the batch axis, for one UNet call on two branches."""
+        return Conditioning(
+            *(
+                None if a is None else np.concatenate([a, b])
+                for a, b in zip(
+                    (first.encoder_hidden_states, first.text_embeds, first.time_ids),
+                    (second.encoder_hidden_states, second.text_embeds, second.time_ids),
+                )
+            )
+        )
+
 
 class Backend:
     """Typed component calls shared by every engine; each engine implements `_run` and its own casts.
@@ -50,6 +63,8 @@ class Backend:
         self.options = options
         self.family = artifacts.family
         self.io: dict[str, ComponentIO] = {c: artifacts.io(c) for c in self.family.components}
+        # Latents per UNet call this backend takes: the exported static batch, unless the engine is dynamic.
+        self.unet_batches: tuple[int, ...] = (artifacts.unet_batch,)
 
     def upcast(self, component: str) -> bool:
         """Whether `component` runs in float32 when the rest runs in float16: VAEs that overflow in float16."""
@@ -61,10 +76,12 @@ class Backend:
 
     def _call(self, component: str, *inputs: np.ndarray) -> list[np.ndarray]:
         specs = self.io[component].inputs
+        batch = inputs[0].shape[0] if component == "unet" and inputs[0].shape[0] in self.unet_batches else None
         checked = []
         for spec, value in zip(specs, inputs, strict=True):
             value = np.ascontiguousarray(value, dtype=spec.dtype)
-            if value.shape != spec.shape:
+            expected = spec.shape if batch is None or spec.name == "timestep" else (batch, *spec.shape[1:])
+            if value.shape != expected:
                 raise InputError(
                     f"{component} input {spec.name!r} has shape {value.shape}, the exported static shape is "
                     f"{spec.shape}; export for this shape with turbo-export --height/--width"

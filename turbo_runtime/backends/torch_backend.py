@@ -41,6 +41,7 @@ class TorchBackend(Backend):
                 f"the model files of {artifacts.model_id} changed since {artifacts.root} was exported; export again"
             )
         self.device = device
+        self.unet_batches = (1, 2)  # dynamic shapes: guidance runs both branches in one call, as diffusers does
         self._dtypes = {c: torch.float32 if dtype == "float16" and self.upcast(c) else _DTYPES[dtype] for c in self.io}
         self._modules = load_model(source.path, self.family, source.variant).modules  # float32 on the CPU
         for component, module in self._modules.items():
