@@ -25,6 +25,7 @@ import numpy as np
 from benchmarks.flops import matmul_peak, per_stage, stage_flops
 from turbo_runtime.cli import cli_errors, setup_logging
 from turbo_runtime.errors import InputError, TurboError
+from turbo_runtime.spec import FORMATS
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 PEERS = ("diffusers", "optimum-intel", "optimum-onnx")
@@ -47,6 +48,7 @@ class BenchConfig:
     steps: int | None = None  # None: the model family's default
     guidance_scale: float | None = None  # None: the family's default (classifier-free guidance above 1)
     unet_batch: int = 1  # 2: artifacts whose UNet takes both guidance branches in one call
+    vae: str | None = None  # a tiny VAE instead of the model's ("tiny", or a replica, hub id, folder)
     runs: int = 5
     warmup: int = 1
     threads: int | None = None
@@ -209,13 +211,18 @@ def run_bench(config: BenchConfig) -> dict:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    low = config.precision.startswith("int8")  # NNCF-compressed artifacts exist for OpenVINO only
+    if low and "onnxruntime" in config.backends:
+        raise InputError(f"--precision {config.precision} is exported for OpenVINO only: leave out onnxruntime")
     artifacts = export_model(
         ExportConfig(
             config.model,
+            formats=("openvino",) if low else FORMATS,
             precision=config.precision,
             height=config.height,
             width=config.width,
             unet_batch=config.unet_batch,
+            vae=config.vae,
             quiet=config.quiet,
         )
     )
@@ -345,6 +352,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default: the model's)")
     p.add_argument("--unet-batch", type=int, default=1, help="export the UNet at batch 2 (guidance in one call)")
+    p.add_argument("--vae", help="a tiny VAE instead of the model's: 'tiny' (TAESD / TAESDXL), replica, hub id")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int)
@@ -366,19 +374,20 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"--peer-python takes PEER=PYTHON with PEER one of: {', '.join(_PEER_SCRIPTS)}")
     config = BenchConfig(
         args.model,
-        tuple(args.backends),
-        tuple(args.peers),
-        pairs,
-        args.dtype,
-        args.precision,
-        args.steps,
-        args.guidance_scale,
-        args.unet_batch,
-        args.runs,
-        args.warmup,
-        args.threads,
-        args.height,
-        args.width,
+        backends=tuple(args.backends),
+        peers=tuple(args.peers),
+        peer_python=pairs,
+        dtype=args.dtype,
+        precision=args.precision,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        unet_batch=args.unet_batch,
+        vae=args.vae,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        height=args.height,
+        width=args.width,
         out=args.out,
         quiet=args.quiet,
     )

@@ -69,9 +69,11 @@ class DiffusersSubject:
         if args.threads:
             torch.set_num_threads(args.threads)
         cls = getattr(diffusers, art.family.pipeline_class)
-        self.pipe = cls.from_pretrained(
-            source.path, variant=source.variant, dtype=torch.float32, **skipped_components(art.family)
-        )
+        replaced = skipped_components(art.family)
+        if art.manifest.get("vae"):  # the tiny VAE the artifacts were exported with
+            vae_path = resolve(art.manifest["vae"]["id"], vae=True).path
+            replaced["vae"] = diffusers.AutoencoderTiny.from_pretrained(vae_path, dtype=torch.float32)
+        self.pipe = cls.from_pretrained(source.path, variant=source.variant, dtype=torch.float32, **replaced)
         scheduler = SCHEDULERS[default_scheduler(art)]  # the one turbo-runtime runs by default
         if type(self.pipe.scheduler).__name__ != scheduler:
             self.pipe.scheduler = getattr(diffusers, scheduler).from_config(self.pipe.scheduler.config)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from turbo_runtime.cli import cli_errors, setup_logging
-from turbo_runtime.spec import FAMILIES, FORMATS, PRECISIONS
+from turbo_runtime.spec import FAMILIES, FORMATS, PRECISIONS, TINY_VAE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="image height (default: the model's, 1024 for SDXL base, else 512)")
     p.add_argument("--width", type=int, help="image width (default: the model's)")
     p.add_argument(
+        "--vae",
+        metavar="VAE",
+        help="replace the model's VAE by a tiny one (AutoencoderTiny): 'tiny' (TAESD, or TAESDXL for SDXL models), "
+        "or a replica, hub id or folder",
+    )
+    p.add_argument(
         "--unet-batch",
         type=int,
         default=1,
@@ -35,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--family",
-        choices=list(FAMILIES),
-        help="family of a folder whose files do not tell it, or with --update-lock of a new entry",
+        choices=[*FAMILIES, TINY_VAE],
+        help=f"family of a folder whose files do not tell it, or with --update-lock of a new entry ({TINY_VAE}: "
+        "a tiny autoencoder for --vae)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, only errors and the artifacts path")
     p.add_argument("--verbose", action="store_true")
@@ -55,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from export.exporter import ExportConfig, export_model
 
-    formats = tuple(args.format) if args.format else (("openvino",) if args.precision == "int8" else FORMATS)
+    formats = tuple(args.format) if args.format else (("openvino",) if args.precision.startswith("int8") else FORMATS)
     config = ExportConfig(
         args.model,
         out=args.out,
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_pickle=args.allow_pickle,
         family=args.family,
         unet_batch=args.unet_batch,
+        vae=args.vae,
         quiet=args.quiet,
     )
     out = export_model(config)

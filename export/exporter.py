@@ -38,6 +38,7 @@ class ExportConfig:
     allow_pickle: bool = False
     family: str | None = None  # for a folder whose family cannot be told from its files
     unet_batch: int = 1  # 2: the UNet takes both branches of classifier-free guidance in one call
+    vae: str | None = None  # a tiny VAE instead of the model's: "tiny" or a replica, hub id or folder
     quiet: bool = False
 
 
@@ -51,8 +52,8 @@ def check_config(config: ExportConfig) -> None:
         raise InputError(f"unknown precision {config.precision!r}; choose from: {', '.join(PRECISIONS)}")
     if config.unet_batch not in (1, 2):
         raise InputError(f"--unet-batch must be 1 or 2, got {config.unet_batch}")
-    if config.precision == "int8" and "onnx" in config.formats:
-        raise InputError("int8 weight compression is made for OpenVINO only; use --format openvino")
+    if config.precision.startswith("int8") and "onnx" in config.formats:
+        raise InputError(f"{config.precision} is made for OpenVINO only (NNCF); use --format openvino")
 
 
 def _require(*modules: str) -> None:
@@ -65,26 +66,34 @@ def _require(*modules: str) -> None:
             raise MissingDependency(f"turbo-export needs the {name} package: {_EXPORT_EXTRA}")
 
 
-def default_out(model: str, height: int, width: int, precision: str, unet_batch: int = 1) -> Path:
-    slug = model.strip("/").replace("/", "--") if not Path(model).is_dir() else Path(model).resolve().name
-    batch = f"-unet{unet_batch}" if unet_batch != 1 else ""
-    return cache_root() / "artifacts" / slug / f"{height}x{width}-{precision}{batch}"
+def _slug(model: str) -> str:
+    return model.strip("/").replace("/", "--") if not Path(model).is_dir() else Path(model).resolve().name
+
+
+def default_out(
+    model: str, height: int, width: int, precision: str, unet_batch: int = 1, vae: str | None = None
+) -> Path:
+    variant = (f"-unet{unet_batch}" if unet_batch != 1 else "") + (f"-vae-{_slug(vae)}" if vae else "")
+    return cache_root() / "artifacts" / _slug(model) / f"{height}x{width}-{precision}{variant}"
 
 
 def _component_precision(component: str, fmt: str, precision: str) -> str:
     # SD 2.x and SDXL VAEs overflow in float16 activations: the fp16 ONNX graph keeps the VAE in fp32.
     if fmt == "onnx" and precision == "fp16" and component.startswith("vae"):
         return "fp32"
+    if precision == "int8-hybrid" and component != "unet":  # the UNet is quantized; the rest has int8 weights
+        return "int8"
     return precision
 
 
-def _reusable(out: Path, source_hash: str, config: ExportConfig) -> bool:
-    """Existing artifacts from the same source, shape and precision, with every requested format, intact."""
+def _reusable(out: Path, source_hash: str, vae_hash: str | None, config: ExportConfig) -> bool:
+    """Existing artifacts from the same source (and VAE), shape and precision, with every requested format, intact."""
     try:
         art = Artifacts.load(out)
         m = art.manifest
         same = (
             m["model"]["source_hash"] == source_hash
+            and (m.get("vae") or {}).get("source_hash") == vae_hash
             and (m["height"], m["width"], m["precision"]) == (config.height, config.width, config.precision)
             and m.get("batch", 1) == config.unet_batch
             and set(config.formats) <= set(m["formats"])
@@ -137,22 +146,26 @@ def export_model(config: ExportConfig) -> Path:
     _require("torch", "diffusers", "transformers")
     for fmt in config.formats:
         _require(*_FORMAT_PACKAGES[fmt])
-    if config.precision == "int8":
+    if config.precision.startswith("int8"):
         _require("nncf")
-    from export.sources import resolve
+    from export.sources import resolve, resolve_vae
 
     source = resolve(config.model, allow_pickle=config.allow_pickle, family=config.family)
+    vae = resolve_vae(config.vae, source, config.allow_pickle) if config.vae else None
     if config.unet_batch == 2 and not source.family.guided:
         raise InputError(f"--unet-batch 2 is for classifier-free guidance, which {source.family.name} does not use")
     size = source.family.default_size
     config = replace(config, height=config.height or size, width=config.width or size)
-    out = config.out or default_out(config.model, config.height, config.width, config.precision, config.unet_batch)
+    vae_id = vae.model_id if vae else None
+    out = config.out or default_out(
+        config.model, config.height, config.width, config.precision, config.unet_batch, vae_id
+    )
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     # One export per target at a time: a second one waits, then finds the first one's artifacts reusable.
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _reusable(out, source.source_hash, config):
+        if _reusable(out, source.source_hash, vae.source_hash if vae else None, config):
             log.info("reusing artifacts in %s (same source, shape and precision)", out)
             return out
         foreign = out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir()))
@@ -162,7 +175,7 @@ def export_model(config: ExportConfig) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
         try:
-            manifest = _export_into(tmp, source, config)
+            manifest = _export_into(tmp, source, vae, config)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             _install(tmp, out)
         finally:
@@ -170,7 +183,7 @@ def export_model(config: ExportConfig) -> Path:
     return out
 
 
-def _export_into(tmp: Path, source, config: ExportConfig) -> dict:
+def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
     import numpy as np
     from tqdm import tqdm
 
@@ -180,13 +193,14 @@ def _export_into(tmp: Path, source, config: ExportConfig) -> dict:
     from export.wrappers import load_model
 
     family = source.family
-    model = load_model(source.path, family, source.variant)
+    model = load_model(source.path, family, source.variant, vae_path=vae.path if vae else None)
     io = component_io(family, model.dims, config.height, config.width, config.unet_batch)
     for name, tok in model.tokenizers.items():
         _save_tokenizer(tok, tmp / name)
     first_tokenizer = model.tokenizers[family.tokenizers[0]]
     ids = np.asarray([first_tokenizer(CHECK_PROMPT, padding="max_length", truncation=True).input_ids])
     components: dict[str, dict] = {}
+    checks: dict[str, tuple] = {}  # what check_component needs, per component
     steps = [(c, f) for c in family.components for f in config.formats]
     with tqdm(total=len(steps), desc="export", unit="step", disable=config.quiet, leave=False) as bar:
         for component in family.components:
@@ -205,31 +219,47 @@ def _export_into(tmp: Path, source, config: ExportConfig) -> dict:
                 files[fmt] = [str(p.relative_to(tmp)) for p in written]
                 paths[fmt] = written[0]
                 bar.update(1)
-            bar.set_description(f"{component}: check")
-            parity = check_component(component, module, example, cio, paths, precision)
             components[component] = {
                 "inputs": [t.to_dict() for t in cio.inputs],
                 "outputs": [t.to_dict() for t in cio.outputs],
                 "files": files,
                 "precision": precision,
-                "parity": parity,
             }
-    all_files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-    return {
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": source.to_dict(),
-        "family": family.name,
-        "height": config.height,
-        "width": config.width,
-        "batch": config.unet_batch,  # the UNet's; every other component takes one image
-        "precision": config.precision,
-        "formats": list(config.formats),
-        "dims": model.dims.to_dict(),
-        "scheduler": model.scheduler_config,
-        "pipeline": model.options,
-        "tokenizers": list(family.tokenizers),
-        "components": components,
-        "tools": _tool_versions(),
-        "files": dict(zip(all_files, sha256_files([tmp / f for f in all_files]))),
-    }
+            checks[component] = (module, example, cio, paths, precision)
+            if precision.get("openvino") == "int8-hybrid":
+                continue  # checked once quantized, below
+            bar.set_description(f"{component}: check")
+            components[component]["parity"] = check_component(component, *checks[component])
+
+    def manifest() -> dict:
+        all_files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        return {
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": source.to_dict(),
+            "vae": vae.to_dict() if vae else None,  # a tiny VAE in place of the model's
+            "family": family.name,
+            "height": config.height,
+            "width": config.width,
+            "batch": config.unet_batch,  # the UNet's; every other component takes one image
+            "precision": config.precision,
+            "formats": list(config.formats),
+            "dims": model.dims.to_dict(),
+            "scheduler": model.scheduler_config,
+            "pipeline": model.options,
+            "tokenizers": list(family.tokenizers),
+            "components": components,
+            "tools": _tool_versions(),
+            "files": dict(zip(all_files, sha256_files([tmp / f for f in all_files]))),
+        }
+
+    if config.precision == "int8-hybrid":
+        from export.quantize import calibration_inputs, quantize_unet
+
+        # Calibrate on the pipeline's own UNet inputs: run the float32 artifacts written so far, then quantize.
+        log.info("recording calibration inputs and quantizing the UNet (int8-hybrid)")
+        (tmp / MANIFEST).write_text(json.dumps(manifest(), indent=2) + "\n")
+        quantize_unet(tmp / "openvino" / "unet.xml", calibration_inputs(tmp))
+        (tmp / MANIFEST).unlink()
+        components["unet"]["parity"] = check_component("unet", *checks["unet"])
+    return manifest()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from turbo_runtime.files import cache_root
+from turbo_runtime.spec import TINY_VAE
 
 log = logging.getLogger(__name__)
 
@@ -327,8 +328,33 @@ def _sdxl_refiner(tiny: bool):
     )
 
 
-# name -> (family, builder)
+def _taesd(tiny: bool):
+    """TAESD, the tiny autoencoder (diffusers' AutoencoderTiny) that stands in for the SD and SDXL VAEs; TAESD and
+    TAESDXL share this architecture and differ in weights only."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    if tiny:
+        vae = AutoencoderTiny(
+            encoder_block_out_channels=(16, 16, 16, 16),
+            decoder_block_out_channels=(16, 16, 16, 16),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+        )
+    else:
+        vae = AutoencoderTiny()
+    # Random layers output about 0, which the decoder maps to black; centre its last layer on grey, with contrast.
+    last = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(5.0)
+        last.bias.add_(0.5)
+    return vae
+
+
+# name -> (family, builder); TINY_VAE marks an AutoencoderTiny, used with turbo-export --vae
 REPLICAS: dict[str, tuple[str, Callable]] = {
+    "tiny-taesd": (TINY_VAE, lambda: _taesd(tiny=True)),
+    "taesd-arch": (TINY_VAE, lambda: _taesd(tiny=False)),
     "tiny-sd-turbo": ("sd-turbo", lambda: _sd(tiny=True)),
     "tiny-sdxl-turbo": ("sdxl-turbo", lambda: _sdxl(tiny=True)),
     "tiny-small-sd": ("sd1", lambda: _sd(tiny=True, v1=True)),
@@ -350,14 +376,15 @@ def build_pipeline(name: str):
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         pipe = builder()
-    pipe.set_progress_bar_config(disable=True)
+    if hasattr(pipe, "set_progress_bar_config"):  # a pipeline, not a lone VAE
+        pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def replica_path(name: str) -> Path:
-    """The replica's diffusers folder in the cache, built on first use."""
+    """The replica's diffusers folder (a pipeline, or a lone VAE) in the cache, built on first use."""
     target = cache_root() / "replicas" / f"{name}-v{REPLICA_VERSION}"
-    if (target / "model_index.json").is_file():
+    if (target / "replica.json").is_file():  # written last, so the folder is complete
         return target
     log.info("building replica %s in %s", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -368,7 +395,7 @@ def replica_path(name: str) -> Path:
         try:
             tmp.rename(target)
         except OSError:
-            if not (target / "model_index.json").is_file():  # not a concurrent build that won the race
+            if not (target / "replica.json").is_file():  # not a concurrent build that won the race
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,7 @@ import tomllib
 from export.replicas import REPLICAS, replica_path
 from turbo_runtime.errors import SourceError
 from turbo_runtime.files import sha256_files, write_text_atomic
-from turbo_runtime.spec import FAMILIES, Family, get_family
+from turbo_runtime.spec import FAMILIES, TINY_VAE, Family, get_family
 
 DEFAULT_LOCK = Path(__file__).resolve().parent.parent / "models.lock"
 
@@ -39,6 +39,7 @@ _WEIGHT_DIRS = {
     "unet": ("unet", "diffusion_pytorch_model"),
     "vae_encoder": ("vae", "diffusion_pytorch_model"),
     "vae_decoder": ("vae", "diffusion_pytorch_model"),
+    TINY_VAE: ("", "diffusion_pytorch_model"),  # a lone AutoencoderTiny keeps its files at the top level
 }
 
 
@@ -47,7 +48,7 @@ class Source:
     model_id: str  # as the user named it
     kind: str  # "hub" | "folder" | "replica"
     path: Path  # the diffusers folder
-    family: Family
+    family: Family | None  # None: a lone tiny VAE (AutoencoderTiny)
     variant: str | None  # "fp16" when only *.fp16.safetensors weights are present
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256, every file the export reads
     revision: str | None = None
@@ -89,6 +90,10 @@ def _weights(folder: Path, component: str, allow_pickle: bool) -> tuple[list[str
     """Relative paths of a component's weight files (shards included) and the variant they belong to."""
     sub, stem = _WEIGHT_DIRS[component]
     d = folder / sub
+
+    def rel(name: str) -> str:
+        return f"{sub}/{name}" if sub else name
+
     candidates = [(f"{stem}.safetensors", None), (f"{stem}.fp16.safetensors", "fp16")]
     index_candidates = [(f"{stem}.safetensors.index.json", None), (f"{stem}.safetensors.index.fp16.json", "fp16")]
     if allow_pickle:
@@ -96,21 +101,28 @@ def _weights(folder: Path, component: str, allow_pickle: bool) -> tuple[list[str
         index_candidates += [(f"{stem}.bin.index.json", None), (f"{stem}.bin.index.fp16.json", "fp16")]
     for name, variant in candidates:
         if (d / name).is_file():
-            return [f"{sub}/{name}"], variant
+            return [rel(name)], variant
     for name, variant in index_candidates:
         if (d / name).is_file():
             shards = sorted(set(json.loads((d / name).read_text())["weight_map"].values()))
-            return [f"{sub}/{name}", *(f"{sub}/{s}" for s in shards)], variant
+            return [rel(name), *(rel(s) for s in shards)], variant
     if not allow_pickle and any(d.glob(f"{stem}*.bin")):
         raise SourceError(
             f"{d} holds only pickled .bin weights, which can run code when loaded; "
             "convert them to safetensors or pass --allow-pickle if you trust the source"
         )
-    raise SourceError(f"{folder} is not a complete diffusers model: {sub}/{stem}.safetensors is missing")
+    raise SourceError(f"{folder} is not a complete diffusers model: {rel(stem)}.safetensors is missing")
 
 
-def folder_files(folder: Path, family: Family, allow_pickle: bool = False) -> tuple[list[str], str | None]:
-    """Every file of `folder` that the export reads, relative to it, and the weights' variant."""
+def folder_files(folder: Path, family: Family | None, allow_pickle: bool = False) -> tuple[list[str], str | None]:
+    """Every file of `folder` that the export reads, relative to it, and the weights' variant.
+
+    `family` None: a lone tiny VAE, config.json and weights at the top level."""
+    if family is None:
+        weights, variant = _weights(folder, TINY_VAE, allow_pickle)
+        if not (folder / "config.json").is_file():
+            raise SourceError(f"{folder} is not a complete diffusers model: config.json is missing")
+        return ["config.json", *weights], variant
     files = ["model_index.json", "scheduler/scheduler_config.json"]
     variants = set()
     for component in family.components:
@@ -185,7 +197,7 @@ def _reachable(endpoint: str) -> bool:
 
 
 def _download(
-    repo: str, revision: str | None, family: Family, files: list[str] | None, allow_pickle: bool = False
+    repo: str, revision: str | None, family: Family | None, files: list[str] | None, allow_pickle: bool = False
 ) -> tuple[Path, str]:
     """Snapshot of `files` (or, unpinned, of the fp32 files a family needs); honours HF_HUB_OFFLINE and the cache."""
     try:
@@ -199,6 +211,8 @@ def _download(
     offline = constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT)
     if files:
         patterns = list(files)
+    elif family is None:  # a lone tiny VAE
+        patterns = ["config.json", "*.safetensors"] + ["*.bin"] * allow_pickle
     else:
         dirs = sorted({_WEIGHT_DIRS[c][0] for c in family.components} | set(family.tokenizers) | {"scheduler"})
         patterns = ["model_index.json", *(f"{d}/*.json" for d in dirs), *(f"{d}/*.txt" for d in dirs)]
@@ -227,28 +241,56 @@ def _download(
     return Path(path), resolved
 
 
-def _check_family(model: str, family: Family, wanted: str | None) -> None:
-    if wanted is not None and wanted != family.name:
-        raise SourceError(f"{model} is a {family.name} model; --family {wanted} applies to folders only")
+def _entry_family(model: str, name: str, vae: bool, wanted: str | None = None) -> Family | None:
+    """The family a replica or lock entry names (None for a tiny VAE), checked against what the caller wants."""
+    if name == TINY_VAE:
+        if not vae:
+            raise SourceError(f"{model} is a tiny VAE, not a pipeline: pass it with --vae")
+        return None
+    if vae:
+        raise SourceError(f"{model} is a {name} model, not a tiny VAE (AutoencoderTiny)")
+    if wanted is not None and wanted != name:
+        raise SourceError(f"{model} is a {name} model; --family {wanted} applies to folders only")
+    return get_family(name)
 
 
-def resolve(model: str, allow_pickle: bool = False, family: str | None = None) -> Source:
+def _tiny_vae_folder(folder: Path) -> None:
+    try:
+        cls = json.loads((folder / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        cls = None
+    if cls != "AutoencoderTiny":
+        raise SourceError(f"{folder} is not a tiny VAE folder: its config.json must name AutoencoderTiny")
+
+
+def default_tiny_vae(model: Source) -> str:
+    """What --vae tiny means for `model`: TAESD for SD models, TAESDXL for SDXL; a replica for a replica."""
+    if model.kind == "replica":
+        return "tiny-taesd" if model.model_id.startswith("tiny-") else "taesd-arch"
+    return "madebyollin/taesdxl" if model.family.watermarked else "madebyollin/taesd"
+
+
+def resolve_vae(vae: str, model: Source, allow_pickle: bool = False) -> Source:
+    """The tiny VAE that replaces `model`'s VAE: "tiny" (the default for the model), or a replica, hub id or folder."""
+    return resolve(default_tiny_vae(model) if vae == "tiny" else vae, allow_pickle, vae=True)
+
+
+def resolve(model: str, allow_pickle: bool = False, family: str | None = None, vae: bool = False) -> Source:
     """Turn MODEL (replica name, hub id in models.lock, or folder) into a verified Source.
 
     `family` names the family of a folder whose files do not tell it; for replicas and hub ids it must agree.
+    `vae`: MODEL is a tiny VAE (the Source's family is then None).
     """
     wanted = family
     if model in REPLICAS:
-        family = get_family(REPLICAS[model][0])
-        _check_family(model, family, wanted)
+        family = _entry_family(model, REPLICAS[model][0], vae, wanted)
         path = replica_path(model)
         files, variant = folder_files(path, family)
         return Source(model, "replica", path, family, variant, _hash_folder(path, files))
     lock = read_lock()
     if model in lock:
         entry = lock[model]
-        family = get_family(entry["family"])
-        _check_family(model, family, wanted)
+        family = _entry_family(model, entry["family"], vae, wanted)
         if not entry.get("files") or not entry.get("revision"):
             raise SourceError(
                 f"models.lock pins no revision or file hashes for {model}; run: turbo-export --update-lock {model}"
@@ -266,7 +308,11 @@ def resolve(model: str, allow_pickle: bool = False, family: str | None = None) -
         return Source(model, "hub", path, family, variant, hashes, revision)
     path = Path(model).expanduser()
     if path.is_dir():
-        family = get_family(wanted) if wanted else _family_of_folder(path)
+        if vae:
+            _tiny_vae_folder(path)
+            family = None
+        else:
+            family = get_family(wanted) if wanted else _family_of_folder(path)
         files, variant = folder_files(path, family, allow_pickle)
         return Source(str(path.resolve()), "folder", path.resolve(), family, variant, _hash_folder(path, files))
     if path.exists():
@@ -283,13 +329,14 @@ def update_lock(model: str, repo: str | None = None, family: str | None = None, 
     if family:
         entry["family"] = family
     if "family" not in entry:
-        raise SourceError(f"{model} is not in models.lock yet: pass --family ({', '.join(FAMILIES)})")
-    fam = get_family(entry["family"])
+        raise SourceError(f"{model} is not in models.lock yet: pass --family ({', '.join([*FAMILIES, TINY_VAE])})")
+    fam = None if entry["family"] == TINY_VAE else get_family(entry["family"])
     folder, revision = _download(entry["repo"], None, fam, None, allow_pickle)
     files, _ = folder_files(folder, fam, allow_pickle)
     entry["revision"] = revision
-    entry.setdefault("steps", fam.default_steps)
-    entry.setdefault("size", fam.default_size)
+    if fam is not None:
+        entry.setdefault("steps", fam.default_steps)
+        entry.setdefault("size", fam.default_size)
     entry["files"] = _hash_folder(folder, files)
     lock[model] = entry
     write_text_atomic(path, dump_lock(lock))

@@ -44,14 +44,16 @@ class UNet(nn.Module):
 
 
 class VaeEncoder(nn.Module):
-    """image in [-1, 1] -> latent distribution mean, times the VAE scaling factor."""
+    """image in [-1, 1] -> latent distribution mean (a tiny VAE's latents), times the VAE scaling factor."""
 
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae, self.scaling_factor = vae, vae.config.scaling_factor
 
     def forward(self, image):
-        return self.vae.encode(image).latent_dist.mean * self.scaling_factor
+        out = self.vae.encode(image)
+        latents = out.latent_dist.mean if hasattr(out, "latent_dist") else out.latents  # AutoencoderTiny: latents
+        return latents * self.scaling_factor
 
 
 class VaeDecoder(nn.Module):
@@ -92,9 +94,14 @@ def skipped_components(family: Family) -> dict:
 
 
 def load_model(
-    path: Path, family: Family, variant: str | None, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    path: Path,
+    family: Family,
+    variant: str | None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    vae_path: Path | None = None,
 ) -> LoadedModel:
-    """Load a diffusers folder of `family` and wrap its components."""
+    """Load a diffusers folder of `family` and wrap its components; `vae_path`: a tiny VAE to use instead."""
     import diffusers
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -103,7 +110,10 @@ def load_model(
         lib.disable_progress_bar()
         lib.set_verbosity_error()
     pipeline_class = getattr(diffusers, family.pipeline_class)
-    pipe = pipeline_class.from_pretrained(path, variant=variant, dtype=dtype, **skipped_components(family))
+    replaced = skipped_components(family)
+    if vae_path is not None:
+        replaced["vae"] = diffusers.AutoencoderTiny.from_pretrained(vae_path, dtype=dtype)
+    pipe = pipeline_class.from_pretrained(path, variant=variant, dtype=dtype, **replaced)
     sdxl = "text_encoder_2" in family.text_encoders
     modules: dict[str, nn.Module] = {}
     for name in family.text_encoders:

@@ -34,12 +34,19 @@ def export_tiny(tmp_path_factory):
     made: dict[tuple, Path] = {}
 
     def get(
-        model: str, precision: str = "fp32", formats=("onnx", "openvino"), size: int = SIZE, unet_batch: int = 1
+        model: str,
+        precision: str = "fp32",
+        formats=("onnx", "openvino"),
+        size: int = SIZE,
+        unet_batch: int = 1,
+        vae: str | None = None,
     ) -> Path:
-        key = (model, precision, formats, size, unet_batch)
+        key = (model, precision, formats, size, unet_batch, vae)
         if key not in made:
             out = tmp_path_factory.mktemp("artifacts") / f"{model}-{precision}"
-            config = ExportConfig(model, out, formats, precision, size, size, unet_batch=unet_batch, quiet=True)
+            config = ExportConfig(
+                model, out, formats, precision, size, size, unet_batch=unet_batch, vae=vae, quiet=True
+            )
             made[key] = export_model(config)
         return made[key]
 

@@ -160,7 +160,9 @@ def test_an_interrupted_export_leaves_nothing_loadable(tmp_path):
     assert not list(tmp_path.glob(".art.tmp-*"))  # the stale folder was cleaned up
 
 
-@pytest.mark.parametrize("precision,formats", [("fp16", ("onnx", "openvino")), ("int8", ("openvino",))])
+@pytest.mark.parametrize(
+    "precision,formats", [("fp16", ("onnx", "openvino")), ("int8", ("openvino",)), ("int8-hybrid", ("openvino",))]
+)
 def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artifacts, precision, formats):
     out = export_tiny("tiny-sd-turbo", precision, formats)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -168,8 +170,12 @@ def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artif
     for name, entry in manifest["components"].items():
         for fmt in formats:
             expected = "fp32" if fmt == "onnx" and name.startswith("vae") else precision  # fp16 VAE guard
+            if precision == "int8-hybrid" and name != "unet":  # int8 weights around the quantized UNet
+                expected = "int8"
             assert entry["precision"][fmt] == expected
-            assert entry["parity"][fmt]["relative"] <= PARITY_TOLERANCE[precision]
+            assert entry["parity"][fmt]["relative"] <= PARITY_TOLERANCE[expected]
+    if precision == "int8-hybrid":  # activations quantized too, calibrated during the export
+        assert 'type="FakeQuantize"' in (out / "openvino" / "unet.xml").read_text()
     weights = [f for f in manifest["files"] if f.endswith(".bin")]
     size = sum((out / f).stat().st_size for f in weights)
     assert size < 0.6 * sum((sd_artifacts / f).stat().st_size for f in weights)  # weights are stored compressed
@@ -264,7 +270,8 @@ def test_the_lock_parses_and_pins_every_file():
 
     lock = read_lock()
     complete = {"stabilityai/sd-turbo", "stabilityai/sdxl-turbo", "stabilityai/stable-diffusion-xl-base-1.0"}
-    assert complete | {"stabilityai/stable-diffusion-xl-refiner-1.0", "OFA-Sys/small-stable-diffusion-v0"} <= set(lock)
+    partial = {"stabilityai/stable-diffusion-xl-refiner-1.0", "OFA-Sys/small-stable-diffusion-v0"}
+    assert complete | partial | {"madebyollin/taesd", "madebyollin/taesdxl"} <= set(lock)
     for model, entry in lock.items():
         assert len(entry["revision"]) == 40
         assert all(len(d) == 64 for d in entry["files"].values())
@@ -313,11 +320,14 @@ def _broken_folder(tmp_path: Path, remove: str) -> Path:
         (["tiny-sd-turbo", "--height", "100"], ["height must be a multiple of 8", "100"]),
         (["tiny-sd-turbo", "--width", "56"], ["width must be a multiple of 8 and at least 64", "56"]),
         (["tiny-sd-turbo", "--format", "tflite"], ["unknown format 'tflite'", "onnx, openvino"]),
-        (["tiny-sd-turbo", "--precision", "int4"], ["unknown precision 'int4'", "fp32, fp16, int8"]),
+        (["tiny-sd-turbo", "--precision", "int4"], ["unknown precision 'int4'", "fp32, fp16, int8, int8-hybrid"]),
         (["tiny-sd-turbo", "--precision", "int8", "--format", "onnx"], ["int8", "--format openvino"]),
         (["tiny-sd-turbo", "--unet-batch", "3"], ["--unet-batch must be 1 or 2, got 3"]),
         (["tiny-sd-turbo", "--unet-batch", "2"], ["--unet-batch 2 is for classifier-free guidance", "sd-turbo"]),
         (["tiny-sd-turbo", "--family", "sd1"], ["tiny-sd-turbo is a sd-turbo model; --family sd1 applies to folders"]),
+        (["tiny-sd-turbo", "--vae", "tiny-sdxl"], ["tiny-sdxl is a sdxl model, not a tiny VAE (AutoencoderTiny)"]),
+        (["tiny-sd-turbo", "--vae", "no-such-vae"], ["unknown model 'no-such-vae'"]),
+        (["tiny-taesd"], ["tiny-taesd is a tiny VAE, not a pipeline: pass it with --vae"]),
     ],
 )
 def test_bad_arguments(tmp_path, args, fragments):
@@ -374,6 +384,13 @@ def test_missing_package_names_the_extra(tmp_path, package):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert_one_line_error(result, f"needs the {package} package", 'pip install "turbo-runtime[export]"')
+    assert not (tmp_path / "art").exists()
+
+
+def test_vae_folder_must_hold_an_autoencoder_tiny(tmp_path):
+    result = run_cli("turbo-export", "tiny-sd-turbo", "--vae", str(replica_path("tiny-sd-turbo")), "--out",
+                     str(tmp_path / "art"), "--quiet")  # fmt: skip
+    assert_one_line_error(result, "is not a tiny VAE folder", "AutoencoderTiny")
     assert not (tmp_path / "art").exists()
 
 

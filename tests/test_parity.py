@@ -272,3 +272,36 @@ def test_sdxl_images_carry_the_watermark_as_in_diffusers(export_tiny, monkeypatc
     plain = pipe(PROMPT, num_inference_steps=1, seed=2, output_type="np", watermark=False).images
     assert np.abs(marked - expected).max() <= TOLERANCE
     assert np.abs(plain - expected).max() > 10 * TOLERANCE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", TURBO)
+def test_tiny_vae_equals_diffusers_with_autoencoder_tiny(export_tiny, monkeypatch, family, backend):
+    """--vae tiny: diffusers' pipeline given the same AutoencoderTiny, text-to-image and image-to-image."""
+    t2i, i2i = PIPELINES[family]
+    tiny = diffusers.AutoencoderTiny.from_pretrained(replica_path("tiny-taesd"))
+    base = getattr(diffusers, t2i).from_pretrained(replica_path(FAMILY_MODELS[family]), vae=tiny)
+    base.set_progress_bar_config(disable=True)
+    img2img = getattr(diffusers, i2i).from_pipe(base, vae=tiny)
+    img2img.set_progress_bar_config(disable=True)
+    artifacts = export_tiny(FAMILY_MODELS[family], vae="tiny")
+    pipe = TurboPipeline.from_artifacts(artifacts, backend, dtype="float32" if backend != "onnxruntime" else None)
+    assert pipe.artifacts.manifest["vae"]["id"] == "tiny-taesd"
+    source = NoiseSource(6)
+    with torch.no_grad():
+        latents = torch.from_numpy(source.normal((1, 4, SIZE // 8, SIZE // 8)))
+        feed_noise(monkeypatch, source)
+        expected = base(PROMPT, num_inference_steps=2, guidance_scale=0.0, latents=latents, height=SIZE, width=SIZE,
+                        output_type="np").images  # fmt: skip
+    actual = pipe(PROMPT, num_inference_steps=2, seed=6, output_type="np").images
+    assert_not_degenerate(expected)
+    assert np.abs(actual - expected).max() <= TOLERANCE
+    image = init_image()
+    source = NoiseSource(7)
+    with torch.no_grad():
+        encoded = tiny.encode(torch.from_numpy(load_image(image, SIZE, SIZE))).latents * tiny.config.scaling_factor
+        feed_noise(monkeypatch, source)
+        expected = img2img(PROMPT, image=encoded, strength=0.5, num_inference_steps=2, guidance_scale=0.0,
+                           output_type="np").images  # fmt: skip
+    actual = pipe(PROMPT, image=image, strength=0.5, num_inference_steps=2, seed=7, output_type="np").images
+    assert np.abs(actual - expected).max() <= TOLERANCE

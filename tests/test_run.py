@@ -180,6 +180,7 @@ def _run(artifacts, tmp_path, *args):
         (["--image", "GARBAGE"], ["cannot read init image"]),
         (["--strength", "0.5"], ["strength applies to image-to-image only"]),
         (["--dtype", "int4"], ["unknown dtype 'int4'"]),
+        (["--vae", "tiny"], ["--vae is an export option, for --model"]),
         (["--backend", "onnxruntime", "--device", "tpu"], ["unknown onnxruntime device 'tpu'"]),
     ],
 )
@@ -274,3 +275,14 @@ def test_guided_bad_input(tmp_path, artifacts_of, family, args, fragments):
     result, out = _run(artifacts_of[family], tmp_path, *[subst.get(a, a) for a in args])
     assert_one_line_error(result, *fragments)
     assert not out.exists()
+
+
+def test_cli_model_with_the_tiny_vae(tmp_path):
+    """--model MODEL --vae tiny exports with TAESD in place of the VAE on first use, then generates."""
+    out = tmp_path / "fast.png"
+    result = run_cli(
+        "turbo-run", "--model", "tiny-sd-turbo", "--vae", "tiny", "--height", str(SIZE), "--width", str(SIZE),
+        "--backend", "onnxruntime", "--prompt", "x", "--seed", "1", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (SIZE, SIZE)

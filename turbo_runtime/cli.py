@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="must match the exported shape (with --model: export shape)")
     p.add_argument("--width", type=int, help="must match the exported shape (with --model: export shape)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="with --model: export precision")
+    p.add_argument("--vae", help="with --model: a tiny VAE instead of the model's ('tiny': TAESD or TAESDXL)")
     p.add_argument("--device", help="torch: cpu|cuda; onnxruntime: cpu|cuda; openvino: CPU|GPU|NPU|AUTO")
     p.add_argument("--dtype", help=f"inference precision: {', '.join(DTYPES)} (default: the backend's best)")
     p.add_argument("--threads", type=int, help="CPU threads")
@@ -112,7 +113,7 @@ def _load(value: str | Path, args, backend_options: dict, artifacts: bool):
         return TurboPipeline.from_artifacts(value, args.backend, **backend_options)
     size = dict(height=args.height, width=args.width)
     return TurboPipeline.from_model(
-        str(value), args.backend, precision=args.precision, quiet=args.quiet, **size, **backend_options
+        str(value), args.backend, precision=args.precision, quiet=args.quiet, vae=args.vae, **size, **backend_options
     )
 
 
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"init image {args.image} does not exist")
     if args.out.suffix.lower() not in (".png", ""):
         raise InputError(f"--out must name a .png file, got {args.out}")
+    if args.vae and not args.model:
+        raise InputError("--vae is an export option, for --model; artifacts keep the VAE they were exported with")
     if args.high_noise_frac is not None and not args.refiner:
         raise InputError("--high-noise-frac applies with --refiner only")
     high_noise_frac = 0.8 if args.high_noise_frac is None else args.high_noise_frac

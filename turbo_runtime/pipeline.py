@@ -231,11 +231,13 @@ class TurboPipeline:
         width: int | None = None,
         precision: str = "fp32",
         quiet: bool = True,
+        vae: str | None = None,
         **backend_options,
     ) -> TurboPipeline:
         """Export `model` on first use into the cache (keyed by source hash, shape and precision), then load it.
 
-        height and width default to the model family's size (1024 for SDXL base and refiner, else 512).
+        height and width default to the model family's size (1024 for SDXL base and refiner, else 512); `vae`
+        replaces the model's VAE by a tiny one ("tiny", or a replica, hub id or folder of an AutoencoderTiny).
         """
         from turbo_runtime.backends import backend_class
         from turbo_runtime.errors import MissingDependency
@@ -248,9 +250,10 @@ class TurboPipeline:
             raise MissingDependency('exporting needs the export extra: pip install "turbo-runtime[export]"') from None
         # Both formats at once, so switching between ONNX Runtime and OpenVINO reuses one export.
         formats = FORMATS if fmt else ()
-        if precision == "int8":
+        if precision.startswith("int8"):
             formats = ("openvino",) if fmt else ()
-        config = ExportConfig(model, formats=formats, precision=precision, height=height, width=width, quiet=quiet)
+        size = dict(height=height, width=width)
+        config = ExportConfig(model, formats=formats, precision=precision, **size, vae=vae, quiet=quiet)
         return cls.from_artifacts(export_model(config), backend, **backend_options)
 
     def __call__(

@@ -13,11 +13,12 @@ from turbo_runtime.errors import InputError
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 COMPONENTS = (*TEXT_ENCODERS, "unet", "vae_encoder", "vae_decoder")
 FORMATS = ("onnx", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
+# int8: int8 weights (OpenVINO); int8-hybrid: also the UNet's activations, calibrated (OpenVINO)
+PRECISIONS = ("fp32", "fp16", "int8", "int8-hybrid")
 
 # Export check: largest |exported - torch| allowed, relative to max(1, max|torch|), per precision.
 # fp32 graphs differ from PyTorch only by kernel rounding; fp16 graphs and compressed weights drift more.
-PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 1.5e-1}
+PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 1.5e-1, "int8-hybrid": 3e-1}
 
 MIN_SIZE = 64
 
@@ -67,6 +68,10 @@ FAMILIES: dict[str, Family] = {
         Family("sdxl-refiner", ("text_encoder_2",), "euler", 30, 1024, 5.0, "StableDiffusionXLImg2ImgPipeline", True),
     )
 }
+
+
+# What models.lock and the replicas call a tiny autoencoder (AutoencoderTiny: TAESD, TAESDXL), not a family.
+TINY_VAE = "tiny-vae"
 
 
 def get_family(name: str) -> Family:

@@ -35,15 +35,20 @@ class TorchBackend(Backend):
             raise InputError("float16 runs only on CUDA with the torch backend; use bfloat16 or float32 on the CPU")
         if options.threads:
             torch.set_num_threads(options.threads)
-        source = resolve(artifacts.model_id)
-        if source.source_hash != artifacts.manifest["model"]["source_hash"]:
-            raise ArtifactError(
-                f"the model files of {artifacts.model_id} changed since {artifacts.root} was exported; export again"
-            )
+        sources = {"model": resolve(artifacts.model_id)}
+        if artifacts.manifest.get("vae"):
+            sources["vae"] = resolve(artifacts.manifest["vae"]["id"], vae=True)
+        for key, source in sources.items():
+            if source.source_hash != artifacts.manifest[key]["source_hash"]:
+                raise ArtifactError(
+                    f"the model files of {source.model_id} changed since {artifacts.root} was exported; export again"
+                )
+        source, vae = sources["model"], sources.get("vae")
         self.device = device
         self.unet_batches = (1, 2)  # dynamic shapes: guidance runs both branches in one call, as diffusers does
         self._dtypes = {c: torch.float32 if dtype == "float16" and self.upcast(c) else _DTYPES[dtype] for c in self.io}
-        self._modules = load_model(source.path, self.family, source.variant).modules  # float32 on the CPU
+        vae_path = vae.path if vae else None
+        self._modules = load_model(source.path, self.family, source.variant, vae_path=vae_path).modules  # f32, CPU
         for component, module in self._modules.items():
             module.to(device=device, dtype=self._dtypes[component])
 
