@@ -95,24 +95,24 @@ def with_scheduler(pipe, name: str | None):
     return type(pipe).from_pipe(pipe, scheduler=cls.from_config(pipe.scheduler.config))
 
 
+def diffusers_text_to_image(pipe, monkeypatch, seed: int, steps: int, size: int = SIZE, **kwargs) -> np.ndarray:
+    """diffusers' text-to-image on the initial latents and per-step noise our loop draws from `seed`."""
+    source = NoiseSource(seed)
+    with torch.no_grad():
+        latents = torch.from_numpy(source.normal((1, 4, size // 8, size // 8)))
+        feed_noise(monkeypatch, source)
+        return pipe(
+            PROMPT, num_inference_steps=steps, latents=latents, height=size, width=size, output_type="np", **kwargs
+        ).images
+
+
 def reference(pipes, family, monkeypatch, seed, steps, image=None, strength=None, scheduler=None, **guidance):
     base, img2img = pipes(family)
     guidance.setdefault("guidance_scale", 0.0)
+    if image is None:
+        return diffusers_text_to_image(with_scheduler(base, scheduler), monkeypatch, seed, steps, **guidance)
     source = NoiseSource(seed)
-    latent_shape = (1, 4, SIZE // 8, SIZE // 8)
     with torch.no_grad():
-        if image is None:
-            latents = torch.from_numpy(source.normal(latent_shape))
-            feed_noise(monkeypatch, source)
-            return with_scheduler(base, scheduler)(
-                PROMPT,
-                num_inference_steps=steps,
-                latents=latents,
-                height=SIZE,
-                width=SIZE,
-                output_type="np",
-                **guidance,
-            ).images
         # diffusers samples from the VAE posterior; our encoder gives its mean, so hand diffusers that mean.
         pixels = torch.from_numpy(load_image(image, SIZE, SIZE))
         mean = img2img.vae.encode(pixels).latent_dist.mean * img2img.vae.config.scaling_factor
@@ -262,12 +262,7 @@ def test_sdxl_images_carry_the_watermark_as_in_diffusers(export_tiny, monkeypatc
     ref = diffusers.StableDiffusionXLPipeline.from_pretrained(replica_path("tiny-sdxl-turbo"))
     ref.set_progress_bar_config(disable=True)
     assert ref.watermark is not None
-    source = NoiseSource(2)
-    with torch.no_grad():
-        latents = torch.from_numpy(source.normal((1, 4, size // 8, size // 8)))
-        feed_noise(monkeypatch, source)
-        expected = ref(PROMPT, num_inference_steps=1, guidance_scale=0.0, latents=latents, height=size, width=size,
-                       output_type="np").images  # fmt: skip
+    expected = diffusers_text_to_image(ref, monkeypatch, seed=2, steps=1, size=size, guidance_scale=0.0)
     marked = pipe(PROMPT, num_inference_steps=1, seed=2, output_type="np").images
     plain = pipe(PROMPT, num_inference_steps=1, seed=2, output_type="np", watermark=False).images
     assert np.abs(marked - expected).max() <= TOLERANCE
@@ -287,12 +282,7 @@ def test_tiny_vae_equals_diffusers_with_autoencoder_tiny(export_tiny, monkeypatc
     artifacts = export_tiny(FAMILY_MODELS[family], vae="tiny")
     pipe = TurboPipeline.from_artifacts(artifacts, backend, dtype="float32" if backend != "onnxruntime" else None)
     assert pipe.artifacts.manifest["vae"]["id"] == "tiny-taesd"
-    source = NoiseSource(6)
-    with torch.no_grad():
-        latents = torch.from_numpy(source.normal((1, 4, SIZE // 8, SIZE // 8)))
-        feed_noise(monkeypatch, source)
-        expected = base(PROMPT, num_inference_steps=2, guidance_scale=0.0, latents=latents, height=SIZE, width=SIZE,
-                        output_type="np").images  # fmt: skip
+    expected = diffusers_text_to_image(base, monkeypatch, seed=6, steps=2, guidance_scale=0.0)
     actual = pipe(PROMPT, num_inference_steps=2, seed=6, output_type="np").images
     assert_not_degenerate(expected)
     assert np.abs(actual - expected).max() <= TOLERANCE

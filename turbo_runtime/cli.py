@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         width=args.width,
         scheduler=args.scheduler,
     )
-    # Check what can be checked before a model is exported or loaded.
+    # With --artifacts (and a refiner folder) the request is checked before any model is compiled.
     pipe = refiner = None
     if args.model:
         pipe = _load(args.model, args, options, artifacts=False)
