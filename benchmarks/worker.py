@@ -59,7 +59,7 @@ class DiffusersSubject:
             lib.set_verbosity_error()
 
         from export.sources import resolve
-        from export.wrappers import skipped_components
+        from export.wrappers import replaced_components
         from turbo_runtime.artifacts import Artifacts
         from turbo_runtime.pipeline import default_scheduler
         from turbo_runtime.sampler import SCHEDULERS
@@ -69,10 +69,9 @@ class DiffusersSubject:
         if args.threads:
             torch.set_num_threads(args.threads)
         cls = getattr(diffusers, art.family.pipeline_class)
-        replaced = skipped_components(art.family)
-        if art.manifest.get("vae"):  # the tiny VAE the artifacts were exported with
-            vae_path = resolve(art.manifest["vae"]["id"], vae=True).path
-            replaced["vae"] = diffusers.AutoencoderTiny.from_pretrained(vae_path, dtype=torch.float32)
+        # The tiny VAE the artifacts were exported with, if any
+        vae_path = resolve(art.manifest["vae"]["id"], vae=True).path if art.manifest.get("vae") else None
+        replaced = replaced_components(art.family, vae_path)
         self.pipe = cls.from_pretrained(source.path, variant=source.variant, dtype=torch.float32, **replaced)
         scheduler = SCHEDULERS[default_scheduler(art)]  # the one turbo-runtime runs by default
         if type(self.pipe.scheduler).__name__ != scheduler:

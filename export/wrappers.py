@@ -86,11 +86,17 @@ def scheduler_config(scheduler) -> dict:
     return {**config, "_class_name": type(scheduler).__name__}
 
 
-def skipped_components(family: Family) -> dict:
-    """Components of the saved pipeline that the artifacts do without (SD 1.x's safety checker is not exported)."""
+def replaced_components(family: Family, vae_path: Path | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    """from_pretrained overrides: components the artifacts do without (SD 1.x's safety checker is not exported),
+    and the tiny VAE (AutoencoderTiny at `vae_path`) that stands in for the model's VAE."""
+    import diffusers
+
+    replaced = {}
     if family.pipeline_class == "StableDiffusionPipeline":
-        return dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    return {}
+        replaced = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if vae_path is not None:
+        replaced["vae"] = diffusers.AutoencoderTiny.from_pretrained(vae_path, dtype=dtype)
+    return replaced
 
 
 def load_model(
@@ -110,9 +116,7 @@ def load_model(
         lib.disable_progress_bar()
         lib.set_verbosity_error()
     pipeline_class = getattr(diffusers, family.pipeline_class)
-    replaced = skipped_components(family)
-    if vae_path is not None:
-        replaced["vae"] = diffusers.AutoencoderTiny.from_pretrained(vae_path, dtype=dtype)
+    replaced = replaced_components(family, vae_path, dtype)
     pipe = pipeline_class.from_pretrained(path, variant=variant, dtype=dtype, **replaced)
     sdxl = "text_encoder_2" in family.text_encoders
     modules: dict[str, nn.Module] = {}
