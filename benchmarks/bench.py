@@ -110,6 +110,12 @@ class Worker:
         return peak
 
 
+def _to_first_unet(startup_s: float, first_run: dict) -> float:
+    """Seconds from a worker's spawn to the end of its first UNet call: start-up, then the first run's text
+    encoding and first UNet step (the two run back to back at the start of a run)."""
+    return startup_s + first_run["stages"]["text_encoder"] + first_run["stages"]["unet"][0]
+
+
 def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
@@ -214,10 +220,14 @@ def run_bench(config: BenchConfig) -> dict:
     low = config.precision.startswith("int8")  # NNCF-compressed artifacts exist for OpenVINO only
     if low and "onnxruntime" in config.backends:
         raise InputError(f"--precision {config.precision} is exported for OpenVINO only: leave out onnxruntime")
+    from turbo_runtime.backends import backend_class
+
+    # The formats the backends read (the torch reference reads the source model); OpenVINO when none does.
+    formats = tuple(f for f in FORMATS if f in {backend_class(b).artifact_format for b in config.backends})
     artifacts = export_model(
         ExportConfig(
             config.model,
-            formats=("openvino",) if low else FORMATS,
+            formats=formats or ("openvino",),
             precision=config.precision,
             height=config.height,
             width=config.width,
@@ -275,8 +285,10 @@ def run_bench(config: BenchConfig) -> dict:
             bar.set_description(f"starting {subject}")
             w = Worker(subject, cmds[subject])
             raw[subject] = {"startup_cold_s": w.startup_s, "load_s": w.load_s, "precision": w.precision, "runs": []}
-            for _ in range(config.warmup):  # warm-up runs also bring the worker to its working size
-                w.run()
+            for i in range(config.warmup):  # warm-up runs also bring the worker to its working size
+                run = w.run()
+                if i == 0:
+                    raw[subject]["first_unet_cold_s"] = _to_first_unet(w.startup_s, run)
                 bar.update(1)
             group.append(w)
             bar.set_description("bench")
@@ -286,7 +298,11 @@ def run_bench(config: BenchConfig) -> dict:
         w = Worker(subject, cmds[subject])
         raw[subject]["startup_warm_s"] = w.startup_s
         raw[subject]["load_warm_s"] = w.load_s
+        raw[subject]["first_unet_warm_s"] = _to_first_unet(w.startup_s, w.run())
         w.close()
+    for entry in raw.values():  # without warm-up runs, the first measured run was the first after start-up
+        if "first_unet_cold_s" not in entry:
+            entry["first_unet_cold_s"] = _to_first_unet(entry["startup_cold_s"], entry["runs"][0])
 
     ref_name = "torch" if reference_in_runs else "torch-reference"
     reference = np.load(images / f"{ref_name}.npy")
@@ -303,6 +319,8 @@ def run_bench(config: BenchConfig) -> dict:
             "vae_decoder_s": _summary([r["stages"]["vae_decoder"] for r in runs]),
             "startup_cold_s": entry["startup_cold_s"],
             "startup_warm_s": entry["startup_warm_s"],
+            "first_unet_cold_s": entry["first_unet_cold_s"],
+            "first_unet_warm_s": entry["first_unet_warm_s"],
             "load_cold_s": entry["load_s"],
             "load_warm_s": entry["load_warm_s"],
             "peak_rss_bytes": entry["peak_rss_bytes"],

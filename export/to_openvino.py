@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from export.rewrites import cpu_friendly
 from turbo_runtime.spec import ComponentIO
 
 _AUTO_NAME = re.compile(r"[A-Za-z0-9]+_\d+")
@@ -40,7 +41,7 @@ def export_openvino(module: torch.nn.Module, example: tuple, io: ComponentIO, xm
 
     types = {"float32": ov.Type.f32, "int64": ov.Type.i64}
     inputs = [(t.name, ov.PartialShape(list(t.shape)), types[t.dtype]) for t in io.inputs]
-    with warnings.catch_warnings(), torch.no_grad(), _quiet_converter():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_converter(), cpu_friendly(module):
         warnings.simplefilter("ignore")
         model = ov.convert_model(module, example_input=example, input=[(s, ty) for _, s, ty in inputs])
     _stable_names(model, xml.stem)

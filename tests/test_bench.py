@@ -39,6 +39,9 @@ def test_bench_writes_json_table_and_chart(tmp_path):
         assert r["end_to_end_s"] == {"median": e2e[1], "min": e2e[0], "max": e2e[2], "n": 3}
         assert r["unet_step_s"]["n"] == 3  # one step per run
         assert r["peak_rss_bytes"] > 0 and r["startup_cold_s"] > 0 and r["startup_warm_s"] > 0
+        # to the end of the first UNet call: start-up, text encoding and one UNet step of the first run
+        assert r["first_unet_cold_s"] > r["startup_cold_s"]
+        assert r["first_unet_warm_s"] > r["startup_warm_s"]
         assert r["end_to_end_s"]["median"] >= r["unet_step_s"]["median"]
     assert report["results"]["torch"]["accuracy_vs_torch_fp32"]["max_abs"] == 0
     assert report["results"]["onnxruntime"]["accuracy_vs_torch_fp32"]["max_abs"] <= 1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends.base import Backend, BackendOptions
 from turbo_runtime.errors import BackendUnavailable
-from turbo_runtime.files import cache_root
+from turbo_runtime.files import cache_root, page_out_mappings
 
 try:
     import openvino as ov
@@ -30,7 +32,8 @@ class OpenVINOBackend(Backend):
             raise BackendUnavailable(
                 f"OpenVINO device {device!r} is not available here; available: {', '.join(available)}"
             )
-        core.set_property({"CACHE_DIR": str(options.cache_dir or cache_root() / "openvino-cache")})
+        cache_dir = Path(options.cache_dir or cache_root() / "openvino-cache")
+        core.set_property({"CACHE_DIR": str(cache_dir)})
         config: dict = {"PERFORMANCE_HINT": "LATENCY"}
         if options.dtype:  # otherwise the plugin's best: bf16 on CPUs with AMX/AVX512-BF16, f32 elsewhere
             config["INFERENCE_PRECISION_HINT"] = _PRECISION_HINTS[options.dtype]
@@ -38,12 +41,18 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = options.threads
         self.device = device
         self._requests = {}
-        for component in self.family.components:
+        paths = {c: artifacts.component_path(c, "openvino") for c in self.family.components}
+        # Largest first, and the weights' file pages (IR or cached blob) dropped once each is compiled: the
+        # plugin keeps the mapping although it computes from its own converted copy, which would count the
+        # weights twice, and compiling the UNet beside the others' copies would raise the peak further.
+        for component in sorted(paths, key=lambda c: -paths[c].with_suffix(".bin").stat().st_size):
             own = config
             if config.get("INFERENCE_PRECISION_HINT") == "f16" and self.upcast(component):
                 own = {**config, "INFERENCE_PRECISION_HINT": "f32"}
-            compiled = core.compile_model(str(artifacts.component_path(component, "openvino")), device, own)
+            compiled = core.compile_model(str(paths[component]), device, own)
             self._requests[component] = compiled.create_infer_request()
+            if device == "CPU":
+                page_out_mappings([artifacts.root, cache_dir])
         # What the plugin chose, for reports: bf16 on CPUs with AMX or AVX512-BF16 unless --dtype says otherwise.
         hint = self._requests["unet"].get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = hint.to_string() if isinstance(hint, ov.Type) else str(hint)

@@ -1,0 +1,98 @@
+"""Exact rewrites of two diffusers layers into forms a CPU runs faster, applied while a component is traced.
+
+Each computes the same function as the layer it replaces (up to float rounding); the export checks the traced
+graph against the untouched PyTorch module. Measured with OpenVINO on the SD-Turbo VAE decoder at 512x512
+(benchmarks/README.md, "Tuning by stage").
+
+- GroupNorm with per-channel statistics. A framework's group norm reshapes (N, C, H, W) into (N, G, C/G * H * W)
+  to normalise, which forces a planar memory layout: OpenVINO's CPU plugin reorders every activation from the
+  blocked layout its AMX convolutions use and back, around each of the decoder's 30 group norms. Computing the
+  mean and variance per channel over H, W and averaging them over each group on the (N, C, 1, 1) statistics
+  gives the same result with reductions and element-wise ops that keep any layout.
+- Nearest 2x upsampling followed by a 3x3 convolution, as one stride-2 transposed convolution (4x4 kernel) on
+  the low-resolution input. Upsampled neighbours repeat the same input pixel, so each output pixel sees only a
+  2x2 window of the input, with the 3x3 kernel's taps summed: 16 multiply-adds per input pixel and channel pair
+  instead of 36, and no upsampled tensor in memory.
+"""
+
+from __future__ import annotations
+
+import types
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# How the 3 taps of a 3x3 kernel (dy = -1, 0, 1) along one axis sum into the 4 taps of the equivalent stride-2
+# transposed convolution: output row 2i reads input rows i - 1 (tap 3: w[-1]) and i (tap 1: w[0] + w[1]); output
+# row 2i + 1 reads rows i (tap 2: w[-1] + w[0]) and i + 1 (tap 0: w[1]).
+_TRANSPOSED_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def _group_norm(self: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    n, c, groups = x.shape[0], x.shape[1], self.num_groups
+    spatial = tuple(range(2, x.dim()))
+    ones = (1,) * len(spatial)
+
+    def per_group(stat: torch.Tensor) -> torch.Tensor:  # (N, C, 1, ...) per channel -> its group's, per channel
+        grouped = stat.reshape(n, groups, c // groups).mean(-1, keepdim=True)
+        return grouped.expand(n, groups, c // groups).reshape(n, c, *ones)
+
+    centered = x - per_group(x.mean(dim=spatial, keepdim=True))
+    variance = per_group((centered * centered).mean(dim=spatial, keepdim=True))
+    scale = torch.rsqrt(variance + self.eps)
+    if self.affine:
+        return centered * (scale * self.weight.view(1, c, *ones)) + self.bias.view(1, c, *ones)
+    return centered * scale
+
+
+def transposed_weights(conv: nn.Conv2d) -> torch.Tensor:
+    """The (C_in, C_out, 4, 4) kernel of the stride-2 transposed convolution equal to conv3x3(upsample2x(x))."""
+    taps = _TRANSPOSED_TAPS.to(conv.weight.dtype)
+    return torch.einsum("ky,oiyx,lx->iokl", taps, conv.weight, taps)
+
+
+def _upsample_conv(self, hidden_states: torch.Tensor, output_size=None, *args, **kwargs) -> torch.Tensor:
+    conv = self.conv if self.name == "conv" else self.Conv2d_0
+    h, w = hidden_states.shape[-2:]
+    if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
+        return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
+    return F.conv_transpose2d(hidden_states, self.transposed_weight, conv.bias, stride=2, padding=1)
+
+
+def _is_plain_upsample(module: nn.Module) -> bool:
+    """diffusers' Upsample2D in its common form: nearest 2x, then a 3x3 convolution with padding 1, no norm."""
+    if type(module).__name__ != "Upsample2D" or not module.use_conv or module.use_conv_transpose:
+        return False
+    conv = module.conv if module.name == "conv" else module.Conv2d_0
+    return (
+        module.interpolate
+        and module.norm is None
+        and conv.kernel_size == (3, 3)
+        and conv.padding == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
+
+
+@contextmanager
+def cpu_friendly(module: nn.Module):
+    """Within the block, `module`'s group norms and plain 2x upsamplers trace as their CPU-friendly equivalents."""
+    patched = []
+    for sub in module.modules():
+        if isinstance(sub, nn.GroupNorm):
+            sub.forward = types.MethodType(_group_norm, sub)
+            patched.append(sub)
+        elif _is_plain_upsample(sub):
+            weight = transposed_weights(sub.conv if sub.name == "conv" else sub.Conv2d_0).detach()
+            sub.register_buffer("transposed_weight", weight, persistent=False)
+            sub.forward = types.MethodType(_upsample_conv, sub)
+            patched.append(sub)
+    try:
+        yield module
+    finally:
+        for sub in patched:
+            del sub.forward
+            sub._buffers.pop("transposed_weight", None)
