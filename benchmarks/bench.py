@@ -217,8 +217,7 @@ def run_bench(config: BenchConfig) -> dict:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    low = config.precision.startswith("int8")  # NNCF-compressed artifacts exist for OpenVINO only
-    if low and "onnxruntime" in config.backends:
+    if config.precision == "int8-hybrid" and "onnxruntime" in config.backends:
         raise InputError(f"--precision {config.precision} is exported for OpenVINO only: leave out onnxruntime")
     from turbo_runtime.backends import backend_class
 

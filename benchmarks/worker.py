@@ -14,6 +14,16 @@ import sys
 import time
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. Not ru_maxrss: Linux carries the resident set of the parent at the
+    fork/exec that started us into it, so a worker of a large turbo-bench process would report the parent's."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _emit(**event) -> None:
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
@@ -27,7 +37,9 @@ class TurboSubject:
             args.artifacts, args.backend, dtype=args.dtype, threads=args.threads, cache_dir=args.cache_dir
         )
         self.args = args
-        self.precision = getattr(self.pipe.backend, "inference_precision", None) or args.dtype or "float32"
+        # What the engine computes in, else the exported graph's precision (ONNX: fp32, fp16 or int8)
+        exported = {"fp32": "float32"}.get(self.pipe.artifacts.precision, self.pipe.artifacts.precision)
+        self.precision = getattr(self.pipe.backend, "inference_precision", None) or args.dtype or exported
 
     def run(self):
         import numpy as np
@@ -159,7 +171,7 @@ def main() -> None:
 
             np.save(cmd["save"], pixels)
         _emit(event="run", e2e_s=e2e, stages=stages)
-    _emit(event="exit", peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    _emit(event="exit", peak_rss_bytes=peak_rss_bytes())
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from export.exporter import ExportConfig, export_model
 
-    formats = tuple(args.format) if args.format else (("openvino",) if args.precision.startswith("int8") else FORMATS)
+    formats = tuple(args.format) if args.format else (("openvino",) if args.precision == "int8-hybrid" else FORMATS)
     config = ExportConfig(
         args.model,
         out=args.out,

@@ -22,6 +22,9 @@ from turbo_runtime.spec import FORMATS, PRECISIONS, check_size, component_io
 log = logging.getLogger(__name__)
 
 CHECK_PROMPT = "a photograph of an astronaut riding a horse"
+# Bumped whenever the exported graphs change for the same source (e.g. a new rewrite): artifacts written by an
+# older exporter are rebuilt instead of reused.
+EXPORTER_REVISION = 2
 _EXPORT_EXTRA = 'pip install "turbo-runtime[export]"'
 _FORMAT_PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
 
@@ -52,7 +55,7 @@ def check_config(config: ExportConfig) -> None:
         raise InputError(f"unknown precision {config.precision!r}; choose from: {', '.join(PRECISIONS)}")
     if config.unet_batch not in (1, 2):
         raise InputError(f"--unet-batch must be 1 or 2, got {config.unet_batch}")
-    if config.precision.startswith("int8") and "onnx" in config.formats:
+    if config.precision == "int8-hybrid" and "onnx" in config.formats:
         raise InputError(f"{config.precision} is made for OpenVINO only (NNCF); use --format openvino")
 
 
@@ -78,8 +81,9 @@ def default_out(
 
 
 def _component_precision(component: str, fmt: str, precision: str) -> str:
-    # SD 2.x and SDXL VAEs overflow in float16 activations: the fp16 ONNX graph keeps the VAE in fp32.
-    if fmt == "onnx" and precision == "fp16" and component.startswith("vae"):
+    # SD 2.x and SDXL VAEs overflow in float16 activations: the fp16 ONNX graph keeps the VAE in fp32. The int8
+    # ONNX graph quantizes matrix multiplications, of which a VAE (all convolutions) has next to none.
+    if fmt == "onnx" and precision in ("fp16", "int8") and component.startswith("vae"):
         return "fp32"
     if precision == "int8-hybrid" and component != "unet":  # the UNet is quantized; the rest has int8 weights
         return "int8"
@@ -87,12 +91,14 @@ def _component_precision(component: str, fmt: str, precision: str) -> str:
 
 
 def _reusable(out: Path, source_hash: str, vae_hash: str | None, config: ExportConfig) -> bool:
-    """Existing artifacts from the same source (and VAE), shape and precision, with every requested format, intact."""
+    """Existing artifacts of this exporter revision from the same source (and VAE), shape and precision, with every
+    requested format, intact."""
     try:
         art = Artifacts.load(out)
         m = art.manifest
         same = (
-            m["model"]["source_hash"] == source_hash
+            m.get("exporter_revision") == EXPORTER_REVISION
+            and m["model"]["source_hash"] == source_hash
             and (m.get("vae") or {}).get("source_hash") == vae_hash
             and (m["height"], m["width"], m["precision"]) == (config.height, config.width, config.precision)
             and m.get("batch", 1) == config.unet_batch
@@ -146,7 +152,7 @@ def export_model(config: ExportConfig) -> Path:
     _require("torch", "diffusers", "transformers")
     for fmt in config.formats:
         _require(*_FORMAT_PACKAGES[fmt])
-    if config.precision.startswith("int8"):
+    if config.precision.startswith("int8") and "openvino" in config.formats:
         _require("nncf")
     from export.sources import resolve, resolve_vae
 
@@ -211,7 +217,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
                 bar.set_description(f"{component}: {fmt}")
                 precision[fmt] = _component_precision(component, fmt, config.precision)
                 if fmt == "onnx":
-                    written = export_onnx(module, example, cio, tmp / "onnx" / component, precision[fmt] == "fp16")
+                    written = export_onnx(module, example, cio, tmp / "onnx" / component, precision[fmt])
                 else:
                     written = export_openvino(
                         module, example, cio, tmp / "openvino" / f"{component}.xml", precision[fmt]
@@ -235,6 +241,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
         all_files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         return {
             "format_version": FORMAT_VERSION,
+            "exporter_revision": EXPORTER_REVISION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": source.to_dict(),
             "vae": vae.to_dict() if vae else None,  # a tiny VAE in place of the model's

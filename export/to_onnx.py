@@ -26,11 +26,13 @@ def _constants_to_initializers(model) -> None:
         graph.node.remove(node)
 
 
-def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_dir: Path, fp16: bool) -> list[Path]:
+def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_dir: Path, precision: str) -> list[Path]:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large); returns the files written.
 
     fp16 converts the graph's float tensors to float16 while keeping float32 inputs and outputs, so the
     runtime boundary stays float32 (a graph meant for CUDA; the CPU provider lacks most fp16 kernels).
+    int8 quantizes the matrix multiplications dynamically: int8 weights, activations quantized per call by ONNX
+    Runtime. Convolutions stay float32: ONNX Runtime's integer convolution is slower on the CPU than float32.
     """
     import onnx
 
@@ -50,7 +52,7 @@ def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_di
                 do_constant_folding=True,
             )
         model = onnx.load(str(traced), load_external_data=True)
-    if fp16:
+    if precision == "fp16":
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
         # Resize takes its scales in float32 only: turn Constant nodes into initializers, which the
@@ -59,8 +61,16 @@ def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_di
         model = convert_float_to_float16(
             model, keep_io_types=True, disable_shape_infer=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Resize"]
         )
-    weights = sum(t.ByteSize() for t in model.graph.initializer)
     path = out_dir / "model.onnx"
+    if precision == "int8":
+        return _quantize_dynamic(model, path)
+    return _save(model, path)
+
+
+def _save(model, path: Path) -> list[Path]:
+    import onnx
+
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
     if weights > _PROTOBUF_LIMIT - (64 << 20):
         onnx.save_model(
             model,
@@ -70,6 +80,21 @@ def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_di
             location="model.onnx.data",
             size_threshold=1024,
         )
-        return [path, out_dir / "model.onnx.data"]
+        return [path, path.with_name("model.onnx.data")]
     onnx.save_model(model, str(path))
     return [path]
+
+
+def _quantize_dynamic(model, path: Path) -> list[Path]:
+    """Quantize the float32 graph's matrix multiplications; write the result to `path`, return the files written."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    large = sum(t.ByteSize() for t in model.graph.initializer) > _PROTOBUF_LIMIT - (64 << 20)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".quantize-") as tmp:
+        (Path(tmp) / "float").mkdir()
+        source = _save(model, Path(tmp) / "float" / "model.onnx")[0]  # moves large weights out of `model`
+        quantized = Path(tmp) / "model.onnx"
+        quantize_dynamic(source, quantized, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         use_external_data_format=large)  # fmt: skip
+        return _save(onnx.load(str(quantized), load_external_data=True), path)

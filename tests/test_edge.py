@@ -60,3 +60,31 @@ def test_edge_venv_generates_images_without_torch(tmp_path, sd_artifacts):
     )
     assert result.returncode == 2 and 'pip install "turbo-runtime[export]"' in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_onnxruntime_openvino_provider_in_its_own_venv(tmp_path, sd_artifacts):
+    """onnxruntime-openvino replaces the onnxruntime package, so it gets a venv of its own."""
+    venv = tmp_path / "ort-openvino"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    bin_dir = venv / "bin"
+    install = subprocess.run(
+        [str(bin_dir / "pip"), "install", "-q", f"{ROOT}[onnxruntime-openvino]"], capture_output=True, text=True
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    expected = TurboPipeline.from_artifacts(sd_artifacts, "openvino", dtype="float32")("a red fox", seed=4).images[0]
+    for dtype in ("float32", None):
+        out = tmp_path / f"{dtype}.png"
+        args = [str(bin_dir / "turbo-run"), "--artifacts", str(sd_artifacts), "--backend", "onnxruntime"]
+        args += ["--device", "openvino", "--prompt", "a red fox", "--seed", "4", "--out", str(out), "--quiet"]
+        result = subprocess.run(args + (["--dtype", dtype] if dtype else []), capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        diff = np.abs(np.asarray(Image.open(out), dtype=int) - np.asarray(expected, dtype=int))
+        if dtype == "float32":  # OpenVINO's CPU plugin behind ONNX Runtime: the openvino backend's image
+            assert diff.max() <= 1
+    # The plain onnxruntime package has no such provider, and the error names the extra.
+    result = subprocess.run(
+        [sys.executable, "-m", "turbo_runtime.cli", "--artifacts", str(sd_artifacts), "--backend", "onnxruntime",
+         "--device", "openvino", "--prompt", "x", "--out", str(tmp_path / "x.png")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and 'pip install "turbo-runtime[onnxruntime-openvino]"' in result.stderr

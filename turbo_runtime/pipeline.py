@@ -250,7 +250,7 @@ class TurboPipeline:
             raise MissingDependency('exporting needs the export extra: pip install "turbo-runtime[export]"') from None
         # Both formats at once, so switching between ONNX Runtime and OpenVINO reuses one export.
         formats = FORMATS if fmt else ()
-        if precision.startswith("int8"):
+        if precision == "int8-hybrid":
             formats = ("openvino",) if fmt else ()
         size = dict(height=height, width=width)
         config = ExportConfig(model, formats=formats, precision=precision, **size, vae=vae, quiet=quiet)

@@ -320,7 +320,7 @@ def serve(args) -> int:
     emit(event="ready", load_s=load_s, precision=precision)
 
     peer_common.serve_loop(emit, pipe, timers, call_kwargs, latents)
-    emit(event="exit", peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    emit(event="exit", peak_rss_bytes=peer_common.maxrss_bytes(resource.RUSAGE_SELF))
     return 0
 
 

@@ -30,6 +30,15 @@ TEXT_ENCODER_DIRS = ("text_encoder", "text_encoder_2")
 
 
 def maxrss_bytes(who: int) -> int:
+    """Peak resident memory of this process (RUSAGE_SELF) or of its waited-for children."""
+    if who == resource.RUSAGE_SELF:
+        # This process's own high-water mark: ru_maxrss also counts the parent's resident set at the
+        # fork/exec that started us (Linux keeps the larger), which a large parent inflates.
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            pass
     # Linux reports ru_maxrss in KiB (macOS in bytes).
     rss = resource.getrusage(who).ru_maxrss
     return int(rss) if sys.platform == "darwin" else int(rss) * 1024

@@ -1,12 +1,16 @@
-"""ONNX Runtime backend: one InferenceSession per component, CPU by default, CUDA with onnxruntime-gpu."""
+"""ONNX Runtime backend: one InferenceSession per component; CPU by default, CUDA with onnxruntime-gpu, OpenVINO's
+CPU plugin with onnxruntime-openvino."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
 from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends.base import Backend, BackendOptions
 from turbo_runtime.errors import BackendUnavailable, InputError
+from turbo_runtime.files import cache_root
 
 try:
     import onnxruntime as ort
@@ -16,7 +20,12 @@ except ImportError:
         '(or "turbo-runtime[onnxruntime-gpu]" for CUDA)'
     ) from None
 
-_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
+_INSTALL = {
+    "CUDAExecutionProvider": 'for CUDA: pip install "turbo-runtime[onnxruntime-gpu]"',
+    "OpenVINOExecutionProvider": 'for OpenVINO: pip install "turbo-runtime[onnxruntime-openvino]"',
+}
+_OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -30,11 +39,8 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(f"unknown onnxruntime device {device!r}; choose from: {', '.join(_PROVIDERS)}")
         provider = _PROVIDERS[device]
         if provider not in ort.get_available_providers():
-            raise BackendUnavailable(
-                f"{provider} is not available in this onnxruntime build; for CUDA: "
-                'pip install "turbo-runtime[onnxruntime-gpu]"'
-            )
-        if options.dtype not in (None, "float32"):
+            raise BackendUnavailable(f"{provider} is not available in this onnxruntime build; {_INSTALL[provider]}")
+        if options.dtype not in (None, "float32") and device != "openvino":
             raise InputError(
                 f"onnxruntime runs the exported graph's precision ({artifacts.precision}); --dtype {options.dtype} "
                 "is not applied: export with --precision fp16 for a float16 graph"
@@ -44,7 +50,18 @@ class OnnxRuntimeBackend(Backend):
         so.log_severity_level = 3
         if options.threads:
             so.intra_op_num_threads = options.threads
-        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+        providers: list = [provider]
+        if device == "openvino":
+            # The provider compiles the graph with OpenVINO's CPU plugin, which it sets to float32; by default ask
+            # for bf16 as the openvino backend gets it (the plugin keeps float32 on CPUs without bf16).
+            config: dict = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[options.dtype or "bfloat16"]}
+            if options.threads:
+                config["INFERENCE_NUM_THREADS"] = options.threads
+            cache = options.cache_dir or cache_root() / "openvino-ep-cache"
+            ep = {"device_type": "CPU", "cache_dir": str(cache), "load_config": json.dumps({"CPU": config})}
+            providers = [(provider, ep)]
+        if provider != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")
         self.device = device
         self._sessions = {
             c: ort.InferenceSession(str(artifacts.component_path(c, "onnx")), so, providers=providers)
