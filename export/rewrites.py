@@ -47,6 +47,10 @@ def _group_norm(self: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     return centered * scale
 
 
+def _conv(upsample: nn.Module) -> nn.Conv2d:
+    return upsample.conv if upsample.name == "conv" else upsample.Conv2d_0  # diffusers' two spellings
+
+
 def transposed_weights(conv: nn.Conv2d) -> torch.Tensor:
     """The (C_in, C_out, 4, 4) kernel of the stride-2 transposed convolution equal to conv3x3(upsample2x(x))."""
     taps = _TRANSPOSED_TAPS.to(conv.weight.dtype)
@@ -54,18 +58,17 @@ def transposed_weights(conv: nn.Conv2d) -> torch.Tensor:
 
 
 def _upsample_conv(self, hidden_states: torch.Tensor, output_size=None, *args, **kwargs) -> torch.Tensor:
-    conv = self.conv if self.name == "conv" else self.Conv2d_0
     h, w = hidden_states.shape[-2:]
     if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
         return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
-    return F.conv_transpose2d(hidden_states, self.transposed_weight, conv.bias, stride=2, padding=1)
+    return F.conv_transpose2d(hidden_states, self.transposed_weight, _conv(self).bias, stride=2, padding=1)
 
 
 def _is_plain_upsample(module: nn.Module) -> bool:
     """diffusers' Upsample2D in its common form: nearest 2x, then a 3x3 convolution with padding 1, no norm."""
     if type(module).__name__ != "Upsample2D" or not module.use_conv or module.use_conv_transpose:
         return False
-    conv = module.conv if module.name == "conv" else module.Conv2d_0
+    conv = _conv(module)
     return (
         module.interpolate
         and module.norm is None
@@ -86,7 +89,7 @@ def cpu_friendly(module: nn.Module):
             sub.forward = types.MethodType(_group_norm, sub)
             patched.append(sub)
         elif _is_plain_upsample(sub):
-            weight = transposed_weights(sub.conv if sub.name == "conv" else sub.Conv2d_0).detach()
+            weight = transposed_weights(_conv(sub)).detach()
             sub.register_buffer("transposed_weight", weight, persistent=False)
             sub.forward = types.MethodType(_upsample_conv, sub)
             patched.append(sub)
