@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +15,19 @@ from turbo_runtime.pipeline import TurboPipeline
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_edge_venv_generates_images_without_torch(tmp_path, sd_artifacts):
-    venv = tmp_path / "edge"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    bin_dir = venv / "bin"
+def _venv_with(folder: Path, extras: str) -> Path:
+    """A fresh venv with turbo-runtime[extras] installed from this checkout; returns its bin folder."""
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
     install = subprocess.run(
-        [str(bin_dir / "pip"), "install", "-q", f"{ROOT}[openvino,onnxruntime]"], capture_output=True, text=True
+        [str(folder / "bin" / "pip"), "install", "-q", f"{ROOT}[{extras}]"], capture_output=True, text=True
     )
     assert install.returncode == 0, install.stderr[-3000:]
+    return folder / "bin"
+
+
+def test_edge_venv_generates_images_without_torch(tmp_path, sd_artifacts):
+    venv = tmp_path / "edge"
+    bin_dir = _venv_with(venv, "openvino,onnxruntime")
     assert (venv / "share" / "turbo-runtime" / "models.lock").read_text() == (ROOT / "models.lock").read_text()
     for heavy in ("torch", "diffusers", "transformers"):
         probe = subprocess.run([str(bin_dir / "python"), "-c", f"import {heavy}"], capture_output=True)
@@ -64,19 +70,14 @@ def test_edge_venv_generates_images_without_torch(tmp_path, sd_artifacts):
 
 def test_onnxruntime_openvino_provider_in_its_own_venv(tmp_path, sd_artifacts):
     """onnxruntime-openvino replaces the onnxruntime package, so it gets a venv of its own."""
-    venv = tmp_path / "ort-openvino"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    bin_dir = venv / "bin"
-    install = subprocess.run(
-        [str(bin_dir / "pip"), "install", "-q", f"{ROOT}[onnxruntime-openvino]"], capture_output=True, text=True
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
+    bin_dir = _venv_with(tmp_path / "ort-openvino", "onnxruntime-openvino")
     expected = TurboPipeline.from_artifacts(sd_artifacts, "openvino", dtype="float32")("a red fox", seed=4).images[0]
     for dtype in ("float32", None):
         out = tmp_path / f"{dtype}.png"
         args = [str(bin_dir / "turbo-run"), "--artifacts", str(sd_artifacts), "--backend", "onnxruntime"]
         args += ["--device", "openvino", "--prompt", "a red fox", "--seed", "4", "--out", str(out), "--quiet"]
-        result = subprocess.run(args + (["--dtype", dtype] if dtype else []), capture_output=True, text=True)
+        env = {**os.environ, "TURBO_RUNTIME_CACHE": str(tmp_path / f"cache-{dtype}")}  # compiled afresh
+        result = subprocess.run(args + (["--dtype", dtype] if dtype else []), capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr
         diff = np.abs(np.asarray(Image.open(out), dtype=int) - np.asarray(expected, dtype=int))
         if dtype == "float32":  # OpenVINO's CPU plugin behind ONNX Runtime: the openvino backend's image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -304,7 +305,10 @@ def test_mapped_weight_pages_are_dropped_and_still_readable(tmp_path):
     weights = tmp_path / "weights" / "unet.bin"
     weights.parent.mkdir()
     data = np.random.default_rng(0).integers(0, 255, 64 << 20, dtype=np.uint8)
-    weights.write_bytes(data.tobytes())
+    with open(weights, "wb") as f:  # written back to disk, as exported weights are: clean pages can be dropped
+        f.write(data.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
     with open(weights, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         view = np.frombuffer(mapped, dtype=np.uint8)
         assert int(view[::4096].sum()) > 0  # touch every page: now resident

@@ -28,6 +28,16 @@ _INSTALL = {
 _OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
+def _cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX, from /proc/cpuinfo (False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     artifact_format = "onnx"
@@ -53,8 +63,9 @@ class OnnxRuntimeBackend(Backend):
         providers: list = [provider]
         if device == "openvino":
             # The provider compiles the graph with OpenVINO's CPU plugin, which it sets to float32; by default ask
-            # for bf16 as the openvino backend gets it (the plugin keeps float32 on CPUs without bf16).
-            config: dict = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[options.dtype or "bfloat16"]}
+            # for what the openvino backend gets: bf16 on CPUs that compute it natively.
+            dtype = options.dtype or ("bfloat16" if _cpu_has_bf16() else "float32")
+            config: dict = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[dtype]}
             if options.threads:
                 config["INFERENCE_NUM_THREADS"] = options.threads
             cache = options.cache_dir or cache_root() / "openvino-ep-cache"
