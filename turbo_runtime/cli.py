@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="must match the exported shape (with --model: export shape)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="with --model: export precision")
     p.add_argument("--vae", help="with --model: a tiny VAE instead of the model's ('tiny': TAESD or TAESDXL)")
-    p.add_argument("--device", help="torch: cpu|cuda; onnxruntime: cpu|cuda; openvino: CPU|GPU|NPU|AUTO")
+    p.add_argument("--device", help="torch: cpu|cuda; onnxruntime: cpu|cuda|openvino; openvino: CPU|GPU|NPU|AUTO")
     p.add_argument("--dtype", help=f"inference precision: {', '.join(DTYPES)} (default: the backend's best)")
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--out", type=Path, default=Path("image.png"), help="PNG path; NAME-1.png... for several images")
