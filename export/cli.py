@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from turbo_runtime.cli import cli_errors, setup_logging
-from turbo_runtime.spec import FAMILIES, FORMATS, PRECISIONS, TINY_VAE
+from turbo_runtime.spec import FAMILIES, FORMATS, PRECISIONS, TINY_VAE, default_formats
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from export.exporter import ExportConfig, export_model
 
-    formats = tuple(args.format) if args.format else (("openvino",) if args.precision == "int8-hybrid" else FORMATS)
+    formats = tuple(args.format) if args.format else default_formats(args.precision)
     config = ExportConfig(
         args.model,
         out=args.out,

@@ -67,11 +67,15 @@ def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_di
     return _save(model, path)
 
 
+def _too_large_for_one_file(model) -> bool:
+    """Weights beyond protobuf's 2 GB limit (with room for the graph) go to external data."""
+    return sum(t.ByteSize() for t in model.graph.initializer) > _PROTOBUF_LIMIT - (64 << 20)
+
+
 def _save(model, path: Path) -> list[Path]:
     import onnx
 
-    weights = sum(t.ByteSize() for t in model.graph.initializer)
-    if weights > _PROTOBUF_LIMIT - (64 << 20):
+    if _too_large_for_one_file(model):
         onnx.save_model(
             model,
             str(path),
@@ -90,10 +94,10 @@ def _quantize_dynamic(model, path: Path) -> list[Path]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    large = sum(t.ByteSize() for t in model.graph.initializer) > _PROTOBUF_LIMIT - (64 << 20)
+    large = _too_large_for_one_file(model)  # before saving, which moves large weights out of `model`
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".quantize-") as tmp:
         (Path(tmp) / "float").mkdir()
-        source = _save(model, Path(tmp) / "float" / "model.onnx")[0]  # moves large weights out of `model`
+        source = _save(model, Path(tmp) / "float" / "model.onnx")[0]
         quantized = Path(tmp) / "model.onnx"
         quantize_dynamic(source, quantized, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
                          use_external_data_format=large)  # fmt: skip

@@ -241,7 +241,7 @@ class TurboPipeline:
         """
         from turbo_runtime.backends import backend_class
         from turbo_runtime.errors import MissingDependency
-        from turbo_runtime.spec import FORMATS
+        from turbo_runtime.spec import default_formats
 
         fmt = backend_class(backend).artifact_format
         try:
@@ -249,9 +249,7 @@ class TurboPipeline:
         except ImportError:
             raise MissingDependency('exporting needs the export extra: pip install "turbo-runtime[export]"') from None
         # Both formats at once, so switching between ONNX Runtime and OpenVINO reuses one export.
-        formats = FORMATS if fmt else ()
-        if precision == "int8-hybrid":
-            formats = ("openvino",) if fmt else ()
+        formats = default_formats(precision) if fmt else ()
         size = dict(height=height, width=width)
         config = ExportConfig(model, formats=formats, precision=precision, **size, vae=vae, quiet=quiet)
         return cls.from_artifacts(export_model(config), backend, **backend_options)

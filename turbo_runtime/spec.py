@@ -17,6 +17,12 @@ FORMATS = ("onnx", "openvino")
 # activations, calibrated (OpenVINO)
 PRECISIONS = ("fp32", "fp16", "int8", "int8-hybrid")
 
+
+def default_formats(precision: str) -> tuple[str, ...]:
+    """The formats an export writes unless told: both, or OpenVINO for the precision only NNCF makes."""
+    return ("openvino",) if precision == "int8-hybrid" else FORMATS
+
+
 # Export check: largest |exported - torch| allowed, relative to max(1, max|torch|), per precision.
 # fp32 graphs differ from PyTorch only by kernel rounding; fp16 graphs and compressed weights drift more.
 PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 1.5e-1, "int8-hybrid": 3e-1}
