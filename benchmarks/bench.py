@@ -2,7 +2,8 @@
 
 Each subject runs in its own worker process (benchmarks/worker.py). Workers are started side by side and their
 runs interleaved, so drift of the machine hits all of them alike; when memory cannot hold the next worker
-beside the ones running, the running group is measured and closed first (the JSON records the groups).
+beside the ones running (judged by their peak resident memory), the running group is measured and closed first
+(the JSON records the groups).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -65,15 +67,35 @@ def _mem_total() -> int:
         return int(f.readline().split()[1]) * 1024
 
 
-def _rss(pid: int) -> int:
+def _proc_status(pid: int, field: str) -> int:
+    """A size from /proc/PID/status in bytes ("VmRSS": resident now, "VmHWM": peak resident); 0 if gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+# A worker's peak varies from start to start (compilation, allocator, page cache): this much on top of each.
+MEMORY_MARGIN = 0.15
+
+
+def fits_beside(running_peaks: Sequence[int], largest_peak: int, budget: float) -> bool:
+    """Whether one more worker fits beside running workers with these peak resident sizes, in `budget` bytes.
+
+    Peaks, not what the workers hold now: an engine may give memory back once compiled (OpenVINO drops the
+    weights' mapped pages), so a group that looks small after its warm-up grows again as it runs. Summing the
+    peaks errs on the safe side (one worker computes at a time), and a group too many costs minutes where a
+    worker killed by the OOM killer costs its figures. The next worker's own peak is unknown until it has run;
+    `largest_peak`, the largest seen so far in this bench, stands in for it: every subject runs the same model,
+    so they differ by their engine's copies and buffers, and the largest of them is the safe guess.
+    An empty group always fits: a worker too large for the machine runs alone."""
+    if not running_peaks:
+        return True
+    return (sum(running_peaks) + largest_peak) * (1 + MEMORY_MARGIN) <= budget
 
 
 class Worker:
@@ -266,8 +288,9 @@ def run_bench(config: BenchConfig) -> dict:
         subjects.append(("torch-reference", "float32"))
     cmds = {s: _worker_cmd(s, d, config, artifacts, source, latents, out) for s, d in subjects}
     shutil.rmtree(out / "openvino-cache", ignore_errors=True)  # the first starts are cold
+    largest_peak = 0  # the largest peak resident memory of a worker so far: the guess for the next one
     for peer in sorted(set(cmds) & set(_PEER_SCRIPTS)):  # a peer's first start exports its model: not timed
-        Worker(peer, cmds[peer]).close()
+        largest_peak = max(largest_peak, Worker(peer, cmds[peer]).close())
 
     raw: dict[str, dict] = {}
     groups: list[list[str]] = []
@@ -275,9 +298,12 @@ def run_bench(config: BenchConfig) -> dict:
     with tqdm(total=total, desc="bench", unit="run", disable=config.quiet) as bar:
         group: list[Worker] = []
         for subject, _ in subjects:
-            # Room for one more worker as large as the largest so far (resident after its warm-up runs)?
-            sizes = [_rss(w.proc.pid) for w in group]
-            if group and sum(sizes) + max(sizes) > 0.9 * _mem_total():
+            # Peaks after the warm-up runs (see fits_beside); the bench process itself stays beside the group, and
+            # a tenth of the machine is left to the kernel and the page cache.
+            peaks = [_proc_status(w.proc.pid, "VmHWM") for w in group]
+            largest_peak = max([largest_peak, *peaks])
+            budget = 0.9 * _mem_total() - _proc_status(os.getpid(), "VmRSS")
+            if not fits_beside(peaks, largest_peak, budget):
                 _run_group(group, config, images, raw, bar)
                 groups.append([w.subject for w in group])
                 group = []

@@ -1,8 +1,11 @@
-"""turbo-bench on a tiny replica: the JSON, the table and the chart are produced and traceable to raw runs."""
+"""turbo-bench on a tiny replica: the JSON, the table and the chart are produced and traceable to raw runs;
+workers are grouped by their peak memory."""
 
 import json
 
 from conftest import SIZE, run_cli
+
+from benchmarks.bench import MEMORY_MARGIN, fits_beside
 
 
 def test_bench_writes_json_table_and_chart(tmp_path):
@@ -56,3 +59,19 @@ def test_bench_writes_json_table_and_chart(tmp_path):
     for r in report["results"].values():
         assert set(r["throughput"]) == {"text_encoder", "unet", "vae_decoder"}
     assert "UNet TFLOP/s" in table
+
+
+def test_grouping_by_peak_memory():
+    gib = 1 << 30
+    budget = 0.9 * 24 * gib
+    assert fits_beside([], 30 * gib, budget)  # a worker too large for the machine still runs, alone
+    # Three ~9 GiB workers on a 24 GiB machine: the second fits beside the first, the third does not.
+    assert fits_beside([9 * gib], 9 * gib, budget)
+    assert not fits_beside([9 * gib, 9 * gib], 9 * gib, budget)
+    # The next worker is taken to be as large as the largest seen so far, also from an earlier group
+    assert fits_beside([3 * gib, 3 * gib], 3 * gib, budget)
+    assert not fits_beside([3 * gib, 3 * gib], 14 * gib, budget)
+    # with the margin on top: 18 GiB of peaks take 20.7 GiB
+    assert MEMORY_MARGIN == 0.15
+    assert fits_beside([9 * gib], 9 * gib, 21 * gib)
+    assert not fits_beside([9 * gib], 9 * gib, 20 * gib)
