@@ -3,16 +3,19 @@
 Each subject runs in its own worker process (benchmarks/worker.py). Workers are started side by side and their
 runs interleaved, so drift of the machine hits all of them alike; when memory cannot hold the next worker
 beside the ones running (judged by their peak resident memory), the running group is measured and closed first
-(the JSON records the groups).
+(the JSON records the groups). A worker that dies (killed, e.g. by the kernel's OOM killer, or exits) marks its
+subject failed with the reason; the others are measured and written as usual.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -98,11 +101,33 @@ def fits_beside(running_peaks: Sequence[int], largest_peak: int, budget: float) 
     return (sum(running_peaks) + largest_peak) * (1 + MEMORY_MARGIN) <= budget
 
 
-class Worker:
-    """A subject's process; its start-up is measured from spawn to its "ready" line."""
+class WorkerFailed(TurboError):
+    """A worker died, exited or closed its pipe before answering: its subject fails, the others go on."""
 
-    def __init__(self, subject: str, cmd: list[str]):
+    exit_code = 1
+
+
+def _exit_reason(code: int) -> str:
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "unknown signal"
+    # SIGKILL is what the kernel's OOM killer sends; nothing else in a benchmark sends it unasked.
+    likely = "; likely the kernel's OOM killer" if -code == signal.SIGKILL else ""
+    return f"exited with signal {-code} ({name}{likely})"
+
+
+class Worker:
+    """A subject's process; its start-up is measured from spawn to its "ready" line.
+
+    Each call names the phase it is in ("start-up", "run 3", …): when the process turns out to be gone, the
+    WorkerFailed raised says how it ended and in which phase."""
+
+    def __init__(self, subject: str, cmd: list[str], phase: str = "start-up"):
         self.subject = subject
+        self.phase = phase
         t0 = time.perf_counter()
         root = Path(__file__).resolve().parent.parent
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root)
@@ -110,23 +135,48 @@ class Worker:
         self.startup_s = time.perf_counter() - t0
         self.load_s, self.precision = ready["load_s"], ready["precision"]
 
+    def _failed(self, what: str | None = None) -> WorkerFailed:
+        """End the process, which may only have closed its pipe, and say what happened to it."""
+        if what is None:
+            try:
+                what = _exit_reason(self.proc.wait(timeout=10))
+            except subprocess.TimeoutExpired:
+                what = "closed its output and was stopped"
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):  # unsent input to a dead process: a broken pipe, nothing to report
+                pipe.close()
+        return WorkerFailed(f"worker {what} during {self.phase}")
+
+    def _send(self, cmd: dict) -> None:
+        try:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # BrokenPipeError: the process has gone
+            raise self._failed() from None
+
     def _read(self, event: str) -> dict:
         line = self.proc.stdout.readline()
         if not line:
-            code = self.proc.wait()
-            raise TurboError(f"benchmark worker for {self.subject} exited with code {code} (see its stderr above)")
-        msg = json.loads(line)
-        assert msg["event"] == event, msg
+            raise self._failed()
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            msg = {}
+        if not isinstance(msg, dict) or msg.get("event") != event:
+            raise self._failed(f"sent {line.strip()[:100]!r} instead of its {event!r} line")
         return msg
 
-    def run(self, save: Path | None = None) -> dict:
-        self.proc.stdin.write(json.dumps({"cmd": "run", "save": str(save) if save else None}) + "\n")
-        self.proc.stdin.flush()
+    def run(self, phase: str, save: Path | None = None) -> dict:
+        self.phase = phase
+        self._send({"cmd": "run", "save": str(save) if save else None})
         return self._read("run")
 
     def close(self) -> int:
-        self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-        self.proc.stdin.flush()
+        self.phase = "close"
+        self._send({"cmd": "quit"})
         peak = self._read("exit")["peak_rss_bytes"]
         self.proc.wait()
         return peak
@@ -171,14 +221,23 @@ def machine() -> dict:
     return info
 
 
-def _run_group(group: list[Worker], config: BenchConfig, images: Path, raw: dict, bar) -> None:
+def _run_group(group: list[Worker], config: BenchConfig, images: Path, raw: dict, failed: dict, bar) -> None:
+    """The group's measured runs, then each worker closed; a worker that fails leaves the group, noted in `failed`."""
+    running = list(group)
     for r in range(config.runs):
-        for w in group:  # interleaved: run r of every subject before run r + 1 of any
+        for w in list(running):  # interleaved: run r of every subject before run r + 1 of any
             save = images / f"{w.subject}.npy" if r == config.runs - 1 else None
-            raw[w.subject]["runs"].append(w.run(save))
+            try:
+                raw[w.subject]["runs"].append(w.run(f"run {r + 1}", save))
+            except WorkerFailed as e:
+                failed[w.subject] = str(e)
+                running.remove(w)
             bar.update(1)
-    for w in group:
-        raw[w.subject]["peak_rss_bytes"] = w.close()
+    for w in running:
+        try:
+            raw[w.subject]["peak_rss_bytes"] = w.close()
+        except WorkerFailed as e:
+            failed[w.subject] = str(e)
 
 
 def add_throughput(results: dict, flops: dict[str, int], peaks: dict[str, float], unet_calls: int = 1) -> None:
@@ -288,9 +347,13 @@ def run_bench(config: BenchConfig) -> dict:
         subjects.append(("torch-reference", "float32"))
     cmds = {s: _worker_cmd(s, d, config, artifacts, source, latents, out) for s, d in subjects}
     shutil.rmtree(out / "openvino-cache", ignore_errors=True)  # the first starts are cold
+    failed: dict[str, str] = {}  # subject -> why its worker failed; its partial figures stay in raw
     largest_peak = 0  # the largest peak resident memory of a worker so far: the guess for the next one
     for peer in sorted(set(cmds) & set(_PEER_SCRIPTS)):  # a peer's first start exports its model: not timed
-        largest_peak = max(largest_peak, Worker(peer, cmds[peer]).close())
+        try:
+            largest_peak = max(largest_peak, Worker(peer, cmds[peer], "its first start (model export)").close())
+        except WorkerFailed as e:
+            failed[peer] = str(e)
 
     raw: dict[str, dict] = {}
     groups: list[list[str]] = []
@@ -298,42 +361,58 @@ def run_bench(config: BenchConfig) -> dict:
     with tqdm(total=total, desc="bench", unit="run", disable=config.quiet) as bar:
         group: list[Worker] = []
         for subject, _ in subjects:
+            if subject in failed:
+                continue
             # Peaks after the warm-up runs (see fits_beside); the bench process itself stays beside the group, and
             # a tenth of the machine is left to the kernel and the page cache.
             peaks = [_proc_status(w.proc.pid, "VmHWM") for w in group]
             largest_peak = max([largest_peak, *peaks])
             budget = 0.9 * _mem_total() - _proc_status(os.getpid(), "VmRSS")
             if not fits_beside(peaks, largest_peak, budget):
-                _run_group(group, config, images, raw, bar)
                 groups.append([w.subject for w in group])
+                _run_group(group, config, images, raw, failed, bar)
                 group = []
             bar.set_description(f"starting {subject}")
-            w = Worker(subject, cmds[subject])
-            raw[subject] = {"startup_cold_s": w.startup_s, "load_s": w.load_s, "precision": w.precision, "runs": []}
-            for i in range(config.warmup):  # warm-up runs also bring the worker to its working size
-                run = w.run()
-                if i == 0:
-                    raw[subject]["first_unet_cold_s"] = _to_first_unet(w.startup_s, run)
-                bar.update(1)
+            try:
+                w = Worker(subject, cmds[subject])
+                raw[subject] = {"startup_cold_s": w.startup_s, "load_s": w.load_s, "precision": w.precision, "runs": []}
+                for i in range(config.warmup):  # warm-up runs also bring the worker to its working size
+                    run = w.run(f"warm-up run {i + 1}")
+                    if i == 0:
+                        raw[subject]["first_unet_cold_s"] = _to_first_unet(w.startup_s, run)
+                    bar.update(1)
+            except WorkerFailed as e:
+                failed[subject] = str(e)
+                continue
             group.append(w)
             bar.set_description("bench")
-        _run_group(group, config, images, raw, bar)
-        groups.append([w.subject for w in group])
+        if group:
+            groups.append([w.subject for w in group])
+            _run_group(group, config, images, raw, failed, bar)
     for subject, _ in subjects:  # second start: OS file cache and OpenVINO compile caches warm
-        w = Worker(subject, cmds[subject])
-        raw[subject]["startup_warm_s"] = w.startup_s
-        raw[subject]["load_warm_s"] = w.load_s
-        raw[subject]["first_unet_warm_s"] = _to_first_unet(w.startup_s, w.run())
-        w.close()
-    for entry in raw.values():  # without warm-up runs, the first measured run was the first after start-up
-        if "first_unet_cold_s" not in entry:
+        if subject in failed:
+            continue
+        try:
+            w = Worker(subject, cmds[subject], "warm start-up")
+            raw[subject]["startup_warm_s"] = w.startup_s
+            raw[subject]["load_warm_s"] = w.load_s
+            raw[subject]["first_unet_warm_s"] = _to_first_unet(w.startup_s, w.run("the run after the warm start-up"))
+            w.close()
+        except WorkerFailed as e:
+            failed[subject] = str(e)
+    for subject, entry in raw.items():  # without warm-up runs, the first measured run was the first after start-up
+        if subject not in failed and "first_unet_cold_s" not in entry:
             entry["first_unet_cold_s"] = _to_first_unet(entry["startup_cold_s"], entry["runs"][0])
 
     ref_name = "torch" if reference_in_runs else "torch-reference"
-    reference = np.load(images / f"{ref_name}.npy")
+    # A failed reference gives no accuracy: its image may be missing, or stale from an earlier bench in --out
+    reference = None if ref_name in failed else np.load(images / f"{ref_name}.npy")
     results = {}
     for subject, entry in raw.items():
+        if subject in failed:
+            continue
         runs = entry["runs"]
+        image = np.load(images / f"{subject}.npy")
         unet_steps = [s for run in runs for s in run["stages"]["unet"]]
         results[subject] = {
             "kind": "peer" if subject in PEERS else "reference" if subject == "torch-reference" else "backend",
@@ -349,7 +428,7 @@ def run_bench(config: BenchConfig) -> dict:
             "load_cold_s": entry["load_s"],
             "load_warm_s": entry["load_warm_s"],
             "peak_rss_bytes": entry["peak_rss_bytes"],
-            "accuracy_vs_torch_fp32": compare_images(np.load(images / f"{subject}.npy"), reference),
+            "accuracy_vs_torch_fp32": None if reference is None else compare_images(image, reference),
         }
     flops = stage_flops(artifacts, art.manifest)
     peaks = matmul_peak(config.threads)
@@ -368,6 +447,7 @@ def run_bench(config: BenchConfig) -> dict:
         "raw": raw,
         "results": results,
         "skipped": skipped,
+        "failed": failed,
     }
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     from benchmarks.report import write_reports
@@ -377,7 +457,14 @@ def run_bench(config: BenchConfig) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="turbo-bench", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="turbo-bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: 0 when every subject was measured; 1 when a subject's worker failed (died, was killed,\n"
+        'e.g. by the OOM killer, or exited): its reason is in results.json under "failed" and in the table, and the\n'
+        "other subjects are measured and written as usual; 2 for bad input.",
+    )
     p.add_argument(
         "--model", required=True, help="anything turbo-export accepts (sd-turbo-arch: full size, no download)"
     )
@@ -434,9 +521,11 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         quiet=args.quiet,
     )
-    run_bench(config)
+    report = run_bench(config)
     print((config.out / "results.md").read_text())
-    return 0
+    for subject, why in report["failed"].items():
+        print(f"failed: {subject}: {why}", file=sys.stderr)
+    return 1 if report["failed"] else 0
 
 
 if __name__ == "__main__":

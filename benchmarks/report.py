@@ -47,12 +47,16 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows(report):
-        e = r["e2e"]
+        e, acc = r["e2e"], r["acc"]
+        # No accuracy when the reference's worker failed
+        diff = f"{acc['max_abs']:.0f} | {acc['psnr_db']:.1f}" if acc else "– | –"
         lines.append(
             f"| {r['name']} | {r['precision']} | {e['median']:.3f} ({e['min']:.3f}–{e['max']:.3f}) | {r['text']:.3f} "
-            f"| {r['unet']:.3f} | {r['vae']:.3f} | {r['start']} | {r['first_unet']} | {r['rss']:.1f} | {r['acc']['max_abs']:.0f} "
-            f"| {r['acc']['psnr_db']:.1f} |"
+            f"| {r['unet']:.3f} | {r['vae']:.3f} | {r['start']} | {r['first_unet']} | {r['rss']:.1f} | {diff} |"
         )
+    for name, why in report.get("failed", {}).items():
+        precision = report["raw"].get(name, {}).get("precision", "–")
+        lines.append(f"| {name} | {precision} | failed: {why} | – | – | – | – | – | – | – | – |")
     if report.get("flops"):
         f, peaks = per_stage(report["flops"]), report["matmul_peak_tflops"]
         lines += [
@@ -88,6 +92,8 @@ def chart(report: dict, path: Path) -> bool:
         log.warning('matplotlib is not installed: no chart (pip install "turbo-runtime[bench]")')
         return False
     data = rows(report)
+    if not data:  # every subject failed
+        return False
     names = [r["name"] for r in data]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.6 * len(names) + 2), gridspec_kw={"width_ratios": [3, 1]})
     left = [0.0] * len(names)
@@ -102,7 +108,7 @@ def chart(report: dict, path: Path) -> bool:
     ax1.invert_yaxis()
     ax1.legend(loc="lower right")
     ax1.set_title("time per image, by stage")
-    psnr = [min(r["acc"]["psnr_db"], 100.0) for r in data]
+    psnr = [min(r["acc"]["psnr_db"], 100.0) if r["acc"] else float("nan") for r in data]
     ax2.barh(names, psnr, color="tab:green")
     ax2.invert_yaxis()
     ax2.set_yticklabels([])

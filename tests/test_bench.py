@@ -1,11 +1,19 @@
-"""turbo-bench on a tiny replica: the JSON, the table and the chart are produced and traceable to raw runs;
-workers are grouped by their peak memory."""
+"""turbo-bench on a tiny replica: the JSON, the table and the chart are produced and traceable to raw runs; a
+worker that dies is reported, the others measured; workers are grouped by their peak memory."""
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 from conftest import SIZE, run_cli
 
-from benchmarks.bench import MEMORY_MARGIN, fits_beside
+from benchmarks.bench import MEMORY_MARGIN, Worker, WorkerFailed, fits_beside
 
 
 def test_bench_writes_json_table_and_chart(tmp_path):
@@ -75,3 +83,101 @@ def test_grouping_by_peak_memory():
     assert MEMORY_MARGIN == 0.15
     assert fits_beside([9 * gib], 9 * gib, 21 * gib)
     assert not fits_beside([9 * gib], 9 * gib, 20 * gib)
+
+
+def test_worker_failure_says_how_and_when():
+    def fake(body: str) -> list[str]:
+        ready = 'print(json.dumps({"event": "ready", "load_s": 0, "precision": "float32"}), flush=True)'
+        return [sys.executable, "-c", f"import json, os, signal, sys\n{ready}\n{body}"]
+
+    with pytest.raises(WorkerFailed, match=r"^worker exited with code 3 during start-up$"):
+        Worker("x", [sys.executable, "-c", "raise SystemExit(3)"])
+    w = Worker("x", fake("sys.stdin.readline()\nos.kill(os.getpid(), signal.SIGTERM)"))
+    with pytest.raises(WorkerFailed, match=r"^worker exited with signal 15 \(SIGTERM\) during run 2$"):
+        w.run("run 2")
+    w = Worker("x", fake("sys.stdin.readline()\nprint('not json', flush=True)\nsys.stdin.readline()"))
+    with pytest.raises(WorkerFailed, match="^worker sent 'not json' instead of its 'run' line during run 1$"):
+        w.run("run 1")
+    assert w.proc.poll() is not None  # stopped, not left behind
+    w = Worker("x", fake("pass"))
+    w.proc.wait()  # gone before it is told to quit: the broken pipe is a failure like any other
+    with pytest.raises(WorkerFailed, match="^worker exited with code 0 during close$"):
+        w.close()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """pid -> command line (NUL-separated words joined by spaces) of each child process of `pid`."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return found
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _wait_for(condition, deadline: float, what: str):
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _worker(bench_pid: int, subject: str) -> int | None:
+    return next((p for p, cmd in _children(bench_pid).items() if f"--subject {subject} " in cmd), None)
+
+
+def test_bench_survives_a_worker_killed_mid_run(tmp_path):
+    """A worker killed with SIGKILL (as the OOM killer does) while it runs: its subject is reported failed with
+    the reason, the other is measured and written as usual, and turbo-bench exits 1, without a traceback."""
+    out = tmp_path / "bench"
+    args = ["--model", "tiny-sd-turbo", "--backends", "onnxruntime", "torch", "--runs", "20", "--warmup", "1"]
+    args += ["--height", str(SIZE), "--width", str(SIZE), "--out", str(out), "--quiet"]
+    exe = Path(sys.executable).parent / "turbo-bench"  # as run_cli starts it, but left running
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"  # files: a full pipe would stall it
+    with stdout.open("w") as so, stderr.open("w") as se:
+        bench = subprocess.Popen([str(exe), *args], stdout=so, stderr=se)
+    try:
+        deadline = time.monotonic() + 300
+        victim = _wait_for(lambda: _worker(bench.pid, "onnxruntime"), deadline, "the onnxruntime worker")
+        # The torch worker starts once onnxruntime's has warmed up; onnxruntime then idles until its first
+        # measured run, which shows as CPU time.
+        _wait_for(lambda: _worker(bench.pid, "torch"), deadline, "the torch worker")
+        time.sleep(0.2)  # past the tail of the warm-up (thread pools spin a little before they sleep)
+        idle = _cpu_ticks(victim)
+        _wait_for(lambda: _cpu_ticks(victim) > idle, deadline, "a measured run of the onnxruntime worker")
+        os.kill(victim, signal.SIGKILL)
+        bench.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if bench.poll() is None:  # timed out: leave no process behind
+            for pid in [*_children(bench.pid), bench.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            bench.wait()
+    err = stderr.read_text()
+    assert bench.returncode == 1, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    report = json.loads((out / "results.json").read_text())
+    reason = report["failed"]["onnxruntime"]
+    assert reason.startswith("worker exited with signal 9 (SIGKILL; likely the kernel's OOM killer) during run "), (
+        reason
+    )
+    assert f"failed: onnxruntime: {reason}" in err
+    assert set(report["failed"]) == {"onnxruntime"} and set(report["results"]) == {"torch"}
+    torch = report["results"]["torch"]
+    assert torch["end_to_end_s"]["n"] == 20 and torch["startup_warm_s"] > 0 and torch["peak_rss_bytes"] > 0
+    assert torch["accuracy_vs_torch_fp32"]["max_abs"] == 0
+    assert len(report["raw"]["onnxruntime"]["runs"]) < 20  # the runs it finished are kept
+    assert report["groups"] == [["onnxruntime", "torch"]]
+    table = (out / "results.md").read_text()
+    assert f"| onnxruntime | float32 | failed: {reason} |" in table and "| torch |" in table
+    assert (out / "results.png").is_file()
