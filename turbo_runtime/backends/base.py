@@ -53,6 +53,8 @@ class Backend:
 
     name: ClassVar[str]
     artifact_format: ClassVar[str | None]  # the export format it reads, None for the torch backend
+    device: str  # the engine's own name of the device it runs on
+    inference_precision: str  # what it computes in: "f32", "bf16", "f16", or the exported graph's ("int8")
 
     def __init__(self, artifacts: Artifacts, options: BackendOptions):
         if options.dtype is not None and options.dtype not in DTYPES:

@@ -61,11 +61,14 @@ class OnnxRuntimeBackend(Backend):
         if options.threads:
             so.intra_op_num_threads = options.threads
         providers: list = [provider]
+        # What the engine computes in, for reports: the exported graph's precision, or OpenVINO's on its provider.
+        self.inference_precision = {"fp32": "f32", "fp16": "f16"}.get(artifacts.precision, artifacts.precision)
         if device == "openvino":
             # The provider compiles the graph with OpenVINO's CPU plugin, which it sets to float32; by default ask
             # for what the openvino backend gets: bf16 on CPUs that compute it natively.
             dtype = options.dtype or ("bfloat16" if _cpu_has_bf16() else "float32")
             config: dict = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[dtype]}
+            self.inference_precision = _OPENVINO_PRECISION[dtype]
             if options.threads:
                 config["INFERENCE_NUM_THREADS"] = options.threads
             cache = options.cache_dir or cache_root() / "openvino-ep-cache"

@@ -45,6 +45,7 @@ class TorchBackend(Backend):
                 )
         source, vae = sources["model"], sources.get("vae")
         self.device = device
+        self.inference_precision = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}[dtype]
         self.unet_batches = (1, 2)  # dynamic shapes: guidance runs both branches in one call, as diffusers does
         self._dtypes = {c: torch.float32 if dtype == "float16" and self.upcast(c) else _DTYPES[dtype] for c in self.io}
         vae_path = vae.path if vae else None

@@ -1,0 +1,159 @@
+"""turbo-serve: compile once, then answer OpenAI's and AUTOMATIC1111's image APIs and a realtime page over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from turbo_runtime.backends import BACKENDS
+from turbo_runtime.backends.base import DTYPES
+from turbo_runtime.cli import cli_errors, setup_logging
+from turbo_runtime.errors import InputError, MissingDependency, TurboError
+from turbo_runtime.spec import PRECISIONS
+
+log = logging.getLogger("turbo-serve")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="turbo-serve", description=__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--artifacts", type=Path, help="folder written by turbo-export")
+    src.add_argument("--model", help="replica name, hub id in models.lock or diffusers folder (exported on first use)")
+    p.add_argument("--backend", default="openvino", help=f"one of: {', '.join(BACKENDS)} (default: openvino)")
+    p.add_argument("--device", help="torch: cpu|cuda; onnxruntime: cpu|cuda|openvino; openvino: CPU|GPU|NPU|AUTO")
+    p.add_argument("--dtype", help=f"inference precision: {', '.join(DTYPES)} (default: the backend's best)")
+    p.add_argument("--threads", type=int, help="CPU threads of the engine")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="with --model: export precision")
+    p.add_argument("--vae", help="with --model: a tiny VAE instead of the model's ('tiny': TAESD or TAESDXL)")
+    p.add_argument("--height", type=int, help="with --model: export height (default: the model's)")
+    p.add_argument("--width", type=int, help="with --model: export width (default: the model's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("TURBO_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on every API and WebSocket call (default: $TURBO_API_KEY)",
+    )
+    p.add_argument("--max-queue", type=int, default=16, help="requests waiting beyond which 503 is answered")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take, queue included")
+    p.add_argument("--max-steps", type=int, default=50, help="most denoising steps per request (default 50)")
+    p.add_argument("--max-images", type=int, default=4, help="most images per request (default 4)")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body or message (default 16)")
+    p.add_argument(
+        "--cors-origin", action="append", default=[], help="allow browser calls from this origin (repeatable)"
+    )
+    p.add_argument("--name", help="the model name clients see (default: the artifacts' model id)")
+    p.add_argument("--verbose", action="store_true", help="log every request")
+    p.add_argument("--quiet", action="store_true", help="errors only")
+    return p
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before loading, so a taken port fails at once, and --port 0 knows its port for the ready line."""
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port must be from 0 to 65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    try:
+        host = f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        pass
+    return f"http://{host}:{port}"
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        import uvicorn
+
+        from turbo_runtime.serve.app import create_app
+    except ImportError:
+        raise MissingDependency('turbo-serve needs FastAPI and uvicorn: pip install "turbo-runtime[serve]"') from None
+    from turbo_runtime.serve.config import PipelineSource, ServeSettings
+
+    if args.artifacts and (args.vae or args.height or args.width or args.precision != "fp32"):
+        raise InputError("--precision, --vae, --height and --width are export options, for --model")
+    settings = ServeSettings(
+        api_key=args.api_key or None,
+        max_queue=args.max_queue,
+        timeout=args.timeout,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        max_steps=args.max_steps,
+        max_images=args.max_images,
+        cors_origins=tuple(args.cors_origin),
+        model_name=args.name,
+    )
+    source = PipelineSource(
+        artifacts=args.artifacts,
+        model=args.model,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        precision=args.precision,
+        vae=args.vae,
+        height=args.height,
+        width=args.width,
+        quiet=args.quiet,
+    )
+    source.check()
+    sock = _listen(args.host, args.port)
+    url = _url(args.host, sock.getsockname()[1])
+    failed: list[Exception] = []
+
+    def on_ready(pipe, seconds: float) -> None:
+        b = pipe.backend
+        what = f"{settings.model_name or pipe.artifacts.model_id} on {b.name} {b.device} {b.inference_precision}"
+        print(f"ready: {url}/ ({what}, {pipe.width}x{pipe.height}; loaded in {seconds:.1f} s)", flush=True)
+
+    def on_failed(error: Exception) -> None:
+        failed.append(error)
+        server.should_exit = True
+
+    app = create_app(source, settings, on_ready, on_failed)
+    config = uvicorn.Config(
+        app,
+        log_level="info" if args.verbose else "warning",
+        access_log=args.verbose,
+        ws_max_size=settings.max_body_bytes,
+        timeout_graceful_shutdown=int(settings.timeout),
+    )
+    server = uvicorn.Server(config)
+    if not args.quiet:
+        print(f"turbo-serve: listening on {url}; loading {args.artifacts or args.model} on {args.backend}", flush=True)
+    if settings.api_key is None and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+        log.warning("listening beyond this machine without an API key: anyone who reaches %s can generate", url)
+    # uvicorn drains on SIGTERM (running requests finish), then raises the signal again with the handler it
+    # found: a no-op one makes a drained shutdown exit 0, as service managers expect.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run(sockets=[sock])
+    if failed:
+        error = failed[0]
+        if isinstance(error, TurboError):
+            raise error
+        print(f"error: loading the pipeline failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
