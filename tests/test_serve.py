@@ -647,3 +647,20 @@ def test_cli_bad_input(tmp_path, sd_artifacts, args, fragments):
         subst = {"NOWHERE": str(tmp_path / "none"), "ART": str(sd_artifacts), "TAKEN": str(taken.getsockname()[1])}
         result = run_cli("turbo-serve", *[subst.get(a, a) for a in args])
     assert_one_line_error(result, *fragments)
+
+
+def test_load_benchmark_runs_locust_against_the_server(tmp_path, sd_artifacts):
+    """benchmarks/serve_bench.py end to end, briefly: the in-process call, locust, the page in Chromium."""
+    frames = 1 if shutil.which("chromium") else 0
+    args = ["--artifacts", str(sd_artifacts), "--backend", BACKEND, "--users", "1", "2", "--duration", "3"]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serve_bench", *args, "--calls", "2", "--frames", str(frames),
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["users"] for r in results["load"]] == [1, 2]
+    assert all(r["requests"] > 0 and r["failures"] == 0 and r["p50_ms"] > 0 for r in results["load"])
+    assert results["in_process"]["median_s"] > 0 and "fraction" in results["overhead_at_one_user"]
+    assert "| 2 |" in result.stdout and (not frames or results["browser"]["median_s"] > 0)
