@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from PIL import Image
 from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends import create_backend
 from turbo_runtime.errors import InputError
-from turbo_runtime.pipeline import TurboPipeline
+from turbo_runtime.pipeline import MAX_IMAGES, TurboPipeline
 from turbo_runtime.sampler import NoiseSource
 from turbo_runtime.spec import PARITY_TOLERANCE
 
@@ -171,6 +173,7 @@ def _run(artifacts, tmp_path, *args):
     [
         (["--backend", "tensorrt"], ["unknown backend 'tensorrt'", "torch, onnxruntime, openvino"]),
         (["--steps", "0"], ["at least 1", "got 0"]),
+        (["--steps", "100000"], ["num_inference_steps must be at most the scheduler's 1000 training timesteps"]),
         (["--num-images", "0"], ["num_images_per_prompt must be at least 1"]),
         (["--guidance-scale", "7.5"], ["guidance_scale must be 0 for sd-turbo", "without classifier-free guidance"]),
         (["--height", "256"], ["exported for 128x128", "not 256x128", "--height/--width"]),
@@ -193,6 +196,116 @@ def test_bad_input(tmp_path, sd_artifacts, args, fragments):
     result, out = _run(sd_artifacts, tmp_path, *[subst.get(a, a) for a in args])
     assert_one_line_error(result, *fragments)
     assert not out.exists() and not list(tmp_path.glob(".out.png*"))
+
+
+def _unwritable_folder(tmp_path) -> Path:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root ignores permission bits; Linux's /proc takes no new files from anyone
+        if not sys.platform.startswith("linux"):
+            pytest.skip("running as root: no folder refuses files")
+        return Path("/proc")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--seed", "-5"], ["seed must be an integer from 0 to 4294967295, got -5"]),
+        (["--seed", "4294967296"], ["seed must be an integer from 0 to 4294967295, got 4294967296"]),
+        (["--num-images", "100000"], ["a call makes at most 64 images", "num_images_per_prompt 100000"]),
+        (["--prompt", os.fsdecode(b"caf\xe9")], ["prompt is not valid text: lone surrogate U+DCE9 at index 3"]),
+        (["--out", "{tmp}/shots"], ["shots is a folder; name a PNG file in it", "shots/image.png"]),
+        (["--out", "{tmp}/shots.png"], ["shots.png is a folder"]),
+        (["--out", "{tmp}/new/"], ["new/ is a folder"]),
+        (["--out", "{tmp}/notes.txt/x.png"], ["notes.txt is not a folder"]),
+        (["--out", "{tmp}/notes.txt/sub/x.png"], ["notes.txt is not a folder"]),
+        (["--out", "{locked}/x.png"], ["cannot write", "no file can be created in"]),
+    ],
+)
+def test_refused_before_anything_is_exported_or_loaded(tmp_path, args, fragments):
+    """Seed, image count, prompt and --out need no model: refused before the export of --model, writing nothing."""
+    (tmp_path / "shots").mkdir()
+    (tmp_path / "shots.png").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    locked = _unwritable_folder(tmp_path) if "{locked}/x.png" in args else None
+    args = [a.format(tmp=tmp_path, locked=locked) for a in args]
+    before = sorted(tmp_path.rglob("*"))
+    cache = tmp_path / "cache"
+    result = run_cli(
+        "turbo-run", "--model", "tiny-sd-turbo", "--height", str(SIZE), "--width", str(SIZE), "--backend",
+        "onnxruntime", "--prompt", "x", "--out", str(tmp_path / "out.png"), *args,
+        env={"TURBO_RUNTIME_CACHE": str(cache)},
+    )  # fmt: skip
+    assert_one_line_error(result, *fragments)
+    assert sorted(tmp_path.rglob("*")) == before and not cache.exists()
+
+
+def test_cli_creates_missing_out_folders_and_takes_control_characters(tmp_path, sd_artifacts):
+    """--out in folders that do not exist yet creates them; control characters in a prompt go to the tokenizer."""
+    out = tmp_path / "new" / "sub" / "fox.png"
+    prompt = "a\tred\x07fox\x1b"
+    result = run_cli(
+        "turbo-run", "--artifacts", str(sd_artifacts), "--backend", "onnxruntime", "--prompt", prompt, "--seed", "3",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert png_text(out)["prompt"] == prompt
+    expected = TurboPipeline.from_artifacts(sd_artifacts, "onnxruntime")(prompt, seed=3).images[0]
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+
+
+def test_api_refuses_bad_seeds_prompts_and_counts(sd_artifacts):
+    pipe = TurboPipeline.from_artifacts(sd_artifacts, "onnxruntime")
+    bad = [
+        (dict(seed="x"), "seed must be an integer from 0 to 4294967295, got 'x'"),
+        (dict(seed=-5), "seed must be an integer from 0 to 4294967295, got -5"),
+        (dict(seed=True), "got True"),
+        (dict(seed=1.5), "got 1.5"),
+        (dict(seed=2**32), "got 4294967296"),
+        (dict(prompt=None), "prompt must be a string or a non-empty list of strings, got NoneType"),
+        (dict(prompt=3), "got int"),
+        (dict(prompt=[]), "non-empty list of strings, got list"),
+        (dict(prompt=["a", b"b"]), "got a list holding bytes"),
+        (dict(prompt="fox\ud800"), "prompt is not valid text: lone surrogate U+D800 at index 3"),
+        (dict(prompt=["a", "b"], negative_prompt=["x"]), "negative_prompt must hold one entry per prompt (2), got 1"),
+        (dict(negative_prompt=["x\udfff"]), "negative_prompt is not valid text: lone surrogate U+DFFF"),
+        (dict(num_inference_steps=1001), "at most the scheduler's 1000 training timesteps, got 1001"),
+        (dict(num_images_per_prompt=MAX_IMAGES + 1), f"at most {MAX_IMAGES} images, got 1 prompt(s)"),
+        (dict(prompt=["a", "b"], num_images_per_prompt=33), "got 2 prompt(s) x num_images_per_prompt 33"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(InputError, match=re.escape(message)):
+            pipe(**{"prompt": "fox", **kwargs})
+    image = pipe("fox", seed=3, output_type="np").images
+    for seed in (3.0, np.int64(3)):  # an integral float and numpy's integers are seeds too
+        out = pipe("fox", seed=seed, output_type="np")
+        assert out.seed == 3 and np.array_equal(out.images, image)
+    assert pipe("a\x00b\x07", seed=0, output_type="np").images.shape == (1, SIZE, SIZE, 3)  # control characters
+
+
+def test_a_list_of_prompts_draws_each_image_in_turn_from_the_seed(sd_artifacts):
+    """As documented in __call__: images prompt by prompt, the n-th taking the generator's n-th draws."""
+    pipe = TurboPipeline.from_artifacts(sd_artifacts, "onnxruntime")
+    images = pipe(["a fox", "a castle"], seed=5, num_images_per_prompt=2, output_type="np").images
+    assert images.shape == (4, SIZE, SIZE, 3)
+    fox = pipe("a fox", seed=5, num_images_per_prompt=4, output_type="np").images
+    castle = pipe("a castle", seed=5, num_images_per_prompt=4, output_type="np").images
+    np.testing.assert_array_equal(images, np.concatenate([fox[:2], castle[2:]]))
+    np.testing.assert_array_equal(images[0], pipe("a fox", seed=5, output_type="np").images[0])
+    assert not np.array_equal(images[2], pipe("a castle", seed=5, output_type="np").images[0])  # its own noise
+
+
+def test_a_list_of_prompts_with_negative_prompts_under_guidance(artifacts_of):
+    pipe = TurboPipeline.from_artifacts(artifacts_of["sd1"], "onnxruntime")
+    call = dict(num_inference_steps=2, guidance_scale=6.0, seed=9, output_type="np")
+    images = pipe(["a fox", "a castle"], negative_prompt=["fog", "rain"], **call).images
+    one = pipe("a fox", negative_prompt="fog", **call).images[0]
+    two = pipe("a castle", negative_prompt="rain", num_images_per_prompt=2, **call).images[1]
+    np.testing.assert_array_equal(images, np.stack([one, two]))
+    shared = pipe(["a fox", "a castle"], negative_prompt="fog", **call).images  # one string for all prompts
+    np.testing.assert_array_equal(shared[0], one)
 
 
 def test_missing_artifacts_give_the_export_command(tmp_path, export_tiny):

@@ -14,6 +14,7 @@ from pathlib import Path
 from turbo_runtime.backends import BACKENDS
 from turbo_runtime.backends.base import DTYPES
 from turbo_runtime.errors import InputError, TurboError
+from turbo_runtime.pipeline import MAX_IMAGES, SEED_BOUND
 from turbo_runtime.sampler import SCHEDULERS
 from turbo_runtime.spec import PRECISIONS
 
@@ -51,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="openvino", help=f"one of: {', '.join(BACKENDS)} (default: openvino)")
     p.add_argument("--prompt", required=True, help="text prompt (may be empty)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    p.add_argument("--seed", type=int, default=None, help="noise seed (default: random, saved in the PNG)")
-    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--seed", type=int, help=f"noise seed, 0 to {SEED_BOUND - 1} (default: random, saved in the PNG)")
+    p.add_argument("--num-images", type=int, default=1, help=f"images to generate, at most {MAX_IMAGES} (default 1)")
     p.add_argument("--negative-prompt", help="what to steer away from (guided models, guidance scale above 1)")
     p.add_argument(
         "--guidance-scale",
@@ -75,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch: cpu|cuda; onnxruntime: cpu|cuda|openvino; openvino: CPU|GPU|NPU|AUTO")
     p.add_argument("--dtype", help=f"inference precision: {', '.join(DTYPES)} (default: the backend's best)")
     p.add_argument("--threads", type=int, help="CPU threads")
-    p.add_argument("--out", type=Path, default=Path("image.png"), help="PNG path; NAME-1.png... for several images")
+    p.add_argument(
+        "--out", default="image.png", help="PNG path, folders created as needed; NAME-0.png... for several images"
+    )
     p.add_argument("--verbose", action="store_true", help="log progress and per-stage timings")
     p.add_argument("--quiet", action="store_true", help="no progress bar, errors only")
     return p
@@ -105,6 +108,31 @@ def out_paths(out: Path, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(n)]
 
 
+def check_out(out: str, n: int) -> list[Path]:
+    """The PNG paths --out names for n images, refused before any model is loaded if they cannot be written.
+
+    Missing folders are created when the images are saved, as `mkdir -p` would."""
+    path = Path(out)
+    if out.endswith(("/", os.sep)) or path.name in ("", "..") or path.is_dir():
+        raise InputError(f"--out {out} is a folder; name a PNG file in it, e.g. {path / 'image.png'}")
+    if path.suffix.lower() not in (".png", ""):
+        raise InputError(f"--out must name a .png file, got {out}")
+    paths = out_paths(path, n)
+    for p in paths:
+        if p.is_dir():
+            raise InputError(f"cannot write {p}: a folder of that name exists")
+    folder = path.parent
+    while not os.path.lexists(folder):  # the nearest folder that exists, where the missing ones will be made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write {out}: {folder} is not a folder")
+    try:  # the question the save will ask, with a file nobody sees (removed at once, or never linked)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise InputError(f"cannot write {out}: no file can be created in {folder} ({e.strerror})") from None
+    return paths
+
+
 def _load(value: str | Path, args, backend_options: dict, artifacts: bool):
     """Artifacts folder or model (exported on first use at --height/--width, default the family's size)."""
     from turbo_runtime.pipeline import TurboPipeline
@@ -128,8 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     backend_class(args.backend)  # an unknown backend or a missing package fails before any export or load
     if args.image is not None and not args.image.is_file():
         raise InputError(f"init image {args.image} does not exist")
-    if args.out.suffix.lower() not in (".png", ""):
-        raise InputError(f"--out must name a .png file, got {args.out}")
     if args.vae and not args.model:
         raise InputError("--vae is an export option, for --model; artifacts keep the VAE they were exported with")
     if args.high_noise_frac is not None and not args.refiner:
@@ -148,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         height=args.height,
         width=args.width,
         scheduler=args.scheduler,
+        seed=args.seed,
     )
+    request.check_values()
+    paths = check_out(args.out, args.num_images)
     # With --artifacts (and a refiner folder) the request is checked before any model is compiled.
     pipe = refiner = None
     if args.model:
@@ -201,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         meta.update(refiner=refiner.artifacts.model_id, high_noise_frac=str(high_noise_frac))
     if request.has_image:
         meta["strength"] = str(request.strength)
-    paths = out_paths(args.out, len(result.images))
     for image, path in zip(result.images, paths):
         _save_png(image, path, meta)
     t = result.timings

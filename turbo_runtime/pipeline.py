@@ -7,6 +7,7 @@ experts (the base denoises the high-noise steps, the refiner the rest), each as 
 from __future__ import annotations
 
 import math
+import numbers
 import secrets
 import time
 from dataclasses import dataclass, field, replace
@@ -23,13 +24,16 @@ from turbo_runtime.spec import Family
 from turbo_runtime.tokenizer import Tokenizer
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+SEED_BOUND = 2**32  # seeds are integers in [0, 2**32), the range A1111 clients and numpy's legacy seeding use
+MAX_IMAGES = 64  # images per call (prompts x num_images_per_prompt); more is a loop over calls
 # SDXL refiner micro-conditioning: aesthetic score of the conditional and unconditional branch (diffusers' defaults).
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
 
 
 @dataclass
 class PipelineOutput:
-    images: list | np.ndarray  # PIL images; float32 N x H x W x 3 in [0, 1] ("np"); N x 4 x h x w ("latent")
+    # prompt by prompt: PIL images; float32 N x H x W x 3 in [0, 1] ("np"); N x 4 x h x w ("latent")
+    images: list | np.ndarray
     seed: int
     steps: int  # denoising steps actually run (base and refiner together)
     timings: dict[str, float | list[float]] = field(default_factory=dict)  # seconds per stage
@@ -64,8 +68,8 @@ def to_pil(images: np.ndarray) -> list:
 class Request:
     """What one call asks for, checked against the artifacts before any model runs."""
 
-    prompt: str = ""
-    negative_prompt: str | None = None
+    prompt: str | list[str] = ""
+    negative_prompt: str | list[str] | None = None
     steps: int | None = None  # None: the family's default
     guidance_scale: float | None = None  # None: the family's default (0 for turbo families)
     guidance_rescale: float = 0.0
@@ -78,6 +82,23 @@ class Request:
     scheduler: str | None = None  # None: the model's, else the family's
     denoising_start: float | None = None  # refiner: start where the base stopped (replaces strength)
     denoising_end: float | None = None  # base: stop after this fraction of the noise schedule
+    seed: int | None = None  # None: random
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompt, or each prompt of a list; a call makes num_images images of each."""
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @property
+    def negative_prompts(self) -> list[str | None]:
+        """The negative prompt of each prompt: one for all, or one each."""
+        if self.negative_prompt is None or isinstance(self.negative_prompt, str):
+            return [self.negative_prompt] * len(self.prompts)
+        return list(self.negative_prompt)
+
+    @property
+    def total_images(self) -> int:
+        return len(self.prompts) * self.num_images
 
     def resolved(self, family: Family) -> Request:
         """Defaults filled in: the family's steps and guidance; image-to-image strength 0.5 and enough steps."""
@@ -97,12 +118,39 @@ class Request:
         """Classifier-free guidance runs for a scale above 1, as in diffusers."""
         return self.guidance_scale > 1
 
+    def check_values(self) -> None:
+        """Refuse what no model can serve (prompts, seed, number of images), before anything is exported or loaded."""
+        check_text("prompt", self.prompt)
+        if self.negative_prompt is not None:
+            check_text("negative_prompt", self.negative_prompt)
+            if not isinstance(self.negative_prompt, str) and len(self.negative_prompt) != len(self.prompts):
+                raise InputError(
+                    f"negative_prompt must hold one entry per prompt ({len(self.prompts)}), got "
+                    f"{len(self.negative_prompt)}; or pass one string for all"
+                )
+        if self.seed is not None and not (is_integer(self.seed) and 0 <= self.seed < SEED_BOUND):
+            raise InputError(f"seed must be an integer from 0 to {SEED_BOUND - 1}, got {self.seed!r}")
+        if not isinstance(self.num_images, int) or self.num_images < 1:
+            raise InputError(f"num_images_per_prompt must be at least 1, got {self.num_images}")
+        if self.total_images > MAX_IMAGES:
+            raise InputError(
+                f"a call makes at most {MAX_IMAGES} images, got {len(self.prompts)} prompt(s) x "
+                f"num_images_per_prompt {self.num_images}; call again for more"
+            )
+
     def check(self, artifacts: Artifacts) -> None:
         """Refuse a request the artifacts cannot serve, before any model is loaded (call on a resolved request)."""
+        self.check_values()
         family = artifacts.family
         steps = self.steps
         if not isinstance(steps, int) or steps < 1:
             raise InputError(f"num_inference_steps must be an integer of at least 1, got {steps}")
+        sampler = Sampler.from_config(artifacts.scheduler_config, self.scheduler or default_scheduler(artifacts))
+        if steps > sampler.num_train_timesteps:
+            raise InputError(
+                f"num_inference_steps must be at most the scheduler's {sampler.num_train_timesteps} training "
+                f"timesteps, got {steps}"
+            )
         if not family.guided:
             distilled = "the model was distilled to sample without classifier-free guidance"
             if self.guidance_scale != 0:
@@ -120,8 +168,6 @@ class Request:
             raise InputError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
         if self.guidance_rescale and not self.guided:
             raise InputError("guidance_rescale applies to classifier-free guidance only: raise guidance_scale above 1")
-        if not isinstance(self.num_images, int) or self.num_images < 1:
-            raise InputError(f"num_images_per_prompt must be at least 1, got {self.num_images}")
         exported = (artifacts.height, artifacts.width)
         if (self.height or exported[0], self.width or exported[1]) != exported:
             raise InputError(
@@ -130,7 +176,6 @@ class Request:
             )
         if self.output_type not in OUTPUT_TYPES:
             raise InputError(f"unknown output_type {self.output_type!r}; choose from: {', '.join(OUTPUT_TYPES)}")
-        Sampler.from_config(artifacts.scheduler_config, self.scheduler or default_scheduler(artifacts))
         if family.needs_image and not self.has_image:
             raise InputError(
                 f"{family.name} refines an image: pass an init image, or use it as the refiner of an SDXL base model"
@@ -158,6 +203,32 @@ class Request:
                     f"num_inference_steps * strength must be at least 1 (got {steps} * {self.strength}): "
                     "image-to-image runs int(steps * strength) denoising steps; raise steps or strength"
                 )
+
+
+def is_integer(value) -> bool:
+    """An int (numpy's too) or a float with an integral value; not a bool."""
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_text(label: str, prompt) -> None:
+    """A prompt is a string, or a non-empty list of strings, of Unicode text: control characters go to the tokenizer
+    like any other character, a lone surrogate (from bytes that are not UTF-8 on a command line) is refused."""
+    texts = prompt if isinstance(prompt, list | tuple) and prompt else [prompt]
+    for text in texts:
+        if not isinstance(text, str):
+            got = type(text).__name__
+            if text is not prompt:
+                got = f"a {type(prompt).__name__} holding {got}"
+            raise InputError(f"{label} must be a string or a non-empty list of strings, got {got}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(
+                f"{label} is not valid text: lone surrogate U+{ord(text[e.start]):04X} at index {e.start} "
+                "(on a command line: bytes that are not UTF-8)"
+            ) from None
 
 
 def default_scheduler(artifacts: Artifacts) -> str:
@@ -256,10 +327,10 @@ class TurboPipeline:
 
     def __call__(
         self,
-        prompt: str = "",
+        prompt: str | list[str] = "",
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        negative_prompt: str | None = None,
+        negative_prompt: str | list[str] | None = None,
         guidance_rescale: float = 0.0,
         seed: int | None = None,
         latents: np.ndarray | None = None,
@@ -284,6 +355,12 @@ class TurboPipeline:
         guidance_scale > 1 (default: the family's). With `refiner`, this SDXL base denoises the first
         `high_noise_frac` of the schedule and the refiner the rest. `watermark`: SDXL outputs carry diffusers'
         invisible watermark when invisible-watermark is installed (None), always (True) or never (False).
+
+        `prompt` may be a list: the images come prompt by prompt, `num_images_per_prompt` of each (at most
+        MAX_IMAGES per call), and a list of negative prompts has one per prompt. The images are made one after
+        another, each drawing its noise from the one generator seeded by `seed` (an integer in [0, 2**32)) in
+        turn, so an image's noise depends only on the seed and its place in the call: `pipe(["a", "b"], seed=s)`
+        gives `pipe("a", seed=s).images[0]`, then `pipe("b", seed=s, num_images_per_prompt=2).images[1]`.
         """
         # 1. Check inputs
         request = Request(
@@ -301,6 +378,7 @@ class TurboPipeline:
             scheduler,
             denoising_start,
             denoising_end,
+            seed,
         ).resolved(self.family)
         if refiner is not None:
             check_refiner(self.artifacts, refiner.artifacts, request, high_noise_frac)
@@ -308,11 +386,11 @@ class TurboPipeline:
         request.check(self.artifacts)
         image_latents = None
         if isinstance(image, np.ndarray):  # latents to refine, as diffusers takes them
-            image_latents = self._check_latents("image latents", image, num_images_per_prompt)
+            image_latents = self._check_latents("image latents", image, request.total_images)
             image = None
         if latents is not None:
-            latents = self._check_latents("latents", latents, num_images_per_prompt)
-        seed = secrets.randbelow(2**31) if seed is None else int(seed)
+            latents = self._check_latents("latents", latents, request.total_images)
+        seed = secrets.randbelow(SEED_BOUND) if seed is None else int(seed)
         noise = NoiseSource(seed)
         if refiner is None:
             return self._generate(request, noise, latents, image, image_latents, watermark)
@@ -344,18 +422,20 @@ class TurboPipeline:
             return np.array([[h, w, 0, 0, NEGATIVE_AESTHETIC_SCORE if negative else AESTHETIC_SCORE]], np.float32)
         return np.array([[h, w, 0, 0, h, w]], np.float32)
 
-    def _conditioning(self, request: Request) -> tuple[Conditioning, Conditioning | None]:
+    def _conditioning(
+        self, prompt: str, negative_prompt: str | None, guided: bool
+    ) -> tuple[Conditioning, Conditioning | None]:
         """The prompt's conditioning and, with guidance, the unconditional branch's."""
-        cond = self._encode(request.prompt)
+        cond = self._encode(prompt)
         uncond = None
-        if request.guided:
-            if request.negative_prompt is None and self.options.get("force_zeros_for_empty_prompt"):
+        if guided:
+            if negative_prompt is None and self.options.get("force_zeros_for_empty_prompt"):
                 uncond = Conditioning(
                     np.zeros_like(cond.encoder_hidden_states),
                     None if cond.text_embeds is None else np.zeros_like(cond.text_embeds),
                 )
             else:
-                uncond = self._encode(request.negative_prompt or "")
+                uncond = self._encode(negative_prompt or "")
         if cond.text_embeds is not None:
             cond = replace(cond, time_ids=self._time_ids(negative=False))
             if uncond is not None:
@@ -401,9 +481,10 @@ class TurboPipeline:
         timings: dict[str, Any] = {"unet": []}
         start = time.perf_counter()
 
-        # 2. Encode the prompt (and the negative prompt), once for all images
+        # 2. Encode each prompt (and negative prompt), once for all its images
         t0 = time.perf_counter()
-        cond, uncond = self._conditioning(request)
+        prompts = zip(request.prompts, request.negative_prompts)
+        conditionings = [self._conditioning(p, negative, request.guided) for p, negative in prompts]
         timings["text_encoder"] = time.perf_counter() - t0
 
         # 3. Timesteps: all of them, the last int(steps * strength), or the part before / after a hand-over
@@ -415,8 +496,9 @@ class TurboPipeline:
             timings["vae_encoder"] = time.perf_counter() - t0
 
         outputs = []
-        bar = tqdm(total=request.num_images * (last - first), desc="denoise", unit="step", disable=not self.progress)
-        for n in range(request.num_images):
+        bar = tqdm(total=request.total_images * (last - first), desc="denoise", unit="step", disable=not self.progress)
+        for n in range(request.total_images):
+            cond, uncond = conditionings[n // request.num_images]
             # 4. Initial latents: pure noise, the encoded image noised to the first step, or latents handed over.
             # Noise is drawn even when `latents` replaces it, so the ancestral noise depends only on the seed.
             if request.denoising_start is not None:
