@@ -4,9 +4,10 @@ server's overhead against the in-process pipeline call, and the time per frame i
     python -m benchmarks.serve_bench --artifacts artifacts/sd-turbo-fast --backend openvino --threads 2 \\
         --users 1 2 8 --duration 60 --out bench-results/serve
 
-Steps, one after another on the same machine: the pipeline in this process (median of --calls calls, then freed),
-turbo-serve started as users start it, locust headless for --duration seconds per concurrency, then headless
-Chromium on the page timing --frames frames. Results: results.json and results.md in --out.
+Steps, one after another on the same machine: turbo-serve started as users start it; --calls calls of the pipeline
+in this process alternated with the same requests through the server (the overhead); locust headless for
+--duration seconds per concurrency; headless Chromium on the page, timing --frames frames. Results: results.json
+and results.md in --out.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import csv
 import gc
 import json
+import os
 import re
 import shutil
 import statistics
@@ -25,6 +27,8 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.bench import PROMPT, machine
 from turbo_runtime.cli import cli_errors
@@ -44,28 +48,49 @@ class ServeBenchConfig:
     threads: int | None = None
     users: tuple[int, ...] = (1, 2, 8)
     duration: float = 60.0  # seconds of load per concurrency
-    calls: int = 20  # in-process pipeline calls
+    calls: int = 20  # in-process calls alternated with server calls
     frames: int = 20  # page frames timed in the browser; 0 skips the browser
     out: Path = Path("bench-results/serve")
 
 
-def in_process(config: ServeBenchConfig) -> dict:
-    """The pipeline call a server wraps: prompt to PIL image, seconds per call after two warm-up calls."""
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{url}/v1/images/generations", json.dumps(body).encode())
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read())
+
+
+def overhead(config: ServeBenchConfig, url: str) -> dict:
+    """The server against the pipeline call it wraps, alternated call by call so the machine's drift hits both:
+    an in-process call (prompt to PIL image) in this process, then the same request through HTTP (JSON, PNG,
+    base64, queue) to the server, whose own pipeline time comes back in the response's timings."""
     from turbo_runtime.pipeline import TurboPipeline
 
     pipe = TurboPipeline.from_artifacts(
         config.artifacts, config.backend, device=config.device, dtype=config.dtype, threads=config.threads
     )
-    for seed in range(2):
-        pipe(PROMPT, seed=seed)
-    times = []
-    for seed in range(config.calls):
+    local, remote, inside = [], [], []
+    for seed in range(config.calls + 2):  # two warm-up rounds: first calls allocate the engines' buffers
         start = time.perf_counter()
         pipe(PROMPT, seed=seed)
-        times.append(time.perf_counter() - start)
+        middle = time.perf_counter()
+        answer = post(url, {"prompt": PROMPT, "seed": seed})
+        end = time.perf_counter()
+        if seed >= 2:
+            local.append(middle - start)
+            remote.append(end - middle)
+            inside.append(answer["timings"]["total"])
     del pipe
-    gc.collect()  # the server compiles its own copy next
-    return {"calls": config.calls, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+    gc.collect()
+    median = statistics.median
+    return {
+        "calls": config.calls,
+        "in_process_median_s": median(local),
+        "http_median_s": median(remote),
+        "server_pipeline_median_s": median(inside),
+        "added_median_s": median(r - i for r, i in zip(remote, inside)),  # what serving adds to each call
+        "fraction": median(remote) / median(local) - 1,
+    }
 
 
 @contextmanager
@@ -92,20 +117,25 @@ def locust(url: str, users: int, duration: float, prefix: Path) -> dict:
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--users", str(users)]
     cmd += ["--spawn-rate", str(users), "--run-time", f"{duration:g}s", "--host", url, "--csv", str(prefix)]
     cmd += ["--only-summary", "--loglevel", "WARNING", "--stop-timeout", "120"]
-    done = subprocess.run(cmd, capture_output=True, text=True)  # its summary table repeats the CSV
+    times_file = Path(f"{prefix}_times.txt")
+    times_file.unlink(missing_ok=True)
+    env = {**os.environ, "TURBO_LOCUST_TIMES": str(times_file)}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)  # its summary table repeats the CSV
     if not Path(f"{prefix}_stats.csv").is_file():
         raise InputError(f"locust failed (exit code {done.returncode}): {done.stderr.strip()[-500:]}")
     with open(f"{prefix}_stats.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    times = np.array([float(line) for line in times_file.read_text().split()] or [np.nan])
+    p50, p95, p99 = np.percentile(times, [50, 95, 99])
     return {
         "users": users,
         "requests": int(row["Request Count"]),
         "failures": int(row["Failure Count"]),
         "requests_per_s": float(row["Requests/s"]),
-        "p50_ms": float(row["50%"]),
-        "p95_ms": float(row["95%"]),
-        "p99_ms": float(row["99%"]),
-        "mean_ms": float(row["Average Response Time"]),
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "mean_ms": float(times.mean()),
     }
 
 
@@ -137,20 +167,11 @@ def browser(url: str, frames: int) -> dict:
 def run(config: ServeBenchConfig) -> dict:
     config.out.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(), "config": {k: str(v) for k, v in asdict(config).items()}}
-    results["in_process"] = in_process(config)
     with served(config) as url:
-        for seed in range(3):  # the server's first calls allocate its engine's buffers
-            body = json.dumps({"prompt": PROMPT, "seed": seed}).encode()
-            headers = {"Content-Type": "application/json"}
-            request = urllib.request.Request(f"{url}/v1/images/generations", body, headers)
-            urllib.request.urlopen(request, timeout=600).read()
+        results["overhead"] = overhead(config, url)
         results["load"] = [locust(url, n, config.duration, config.out / f"locust-{n}") for n in config.users]
         if config.frames:
             results["browser"] = browser(url, config.frames)
-    one = next((r for r in results["load"] if r["users"] == 1), None)
-    if one is not None:
-        base = results["in_process"]["median_s"] * 1000
-        results["overhead_at_one_user"] = {"ms": one["p50_ms"] - base, "fraction": one["p50_ms"] / base - 1}
     (config.out / "results.json").write_text(json.dumps(results, indent=2))
     (config.out / "results.md").write_text(table(results))
     return results
@@ -167,10 +188,13 @@ def table(results: dict) -> str:
             f"{r['p99_ms']:.0f} ms | {r['failures']} of {r['requests']} |"
         )
     lines.append("")
-    lines.append(f"In-process pipeline call: median {results['in_process']['median_s'] * 1000:.0f} ms.")
-    if "overhead_at_one_user" in results:
-        o = results["overhead_at_one_user"]
-        lines.append(f"Server overhead at one client (p50 against it): {o['ms']:+.0f} ms ({o['fraction']:+.1%}).")
+    o = results["overhead"]
+    lines.append(
+        f"One client, alternated with the in-process call ({o['calls']} each): in-process "
+        f"{o['in_process_median_s'] * 1000:.0f} ms, through the server {o['http_median_s'] * 1000:.0f} ms "
+        f"({o['fraction']:+.1%}); the server adds {o['added_median_s'] * 1000:.1f} ms to its pipeline's "
+        f"{o['server_pipeline_median_s'] * 1000:.0f} ms (medians)."
+    )
     if "browser" in results:
         b = results["browser"]
         lines.append(
@@ -191,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--users", type=int, nargs="+", default=[1, 2, 8], help="concurrent clients, one run each")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load per run (default 60)")
-    p.add_argument("--calls", type=int, default=20, help="in-process pipeline calls timed (default 20)")
+    p.add_argument("--calls", type=int, default=20, help="in-process calls alternated with server calls (default 20)")
     p.add_argument("--frames", type=int, default=20, help="page frames timed in the browser; 0 skips it")
     p.add_argument("--out", type=Path, default=Path("bench-results/serve"))
     args = p.parse_args(argv)
