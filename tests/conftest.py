@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 SIZE = 128  # tests export at 128x128 (16x16 latents); the CLI default of 512 is exercised once
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -19,6 +20,13 @@ FAMILY_MODELS = {
     "sdxl": "tiny-sdxl",
     "sdxl-refiner": "tiny-sdxl-refiner",
 }
+
+
+# Property-based tests: the same examples on every run by default, so a red run is reproducible; the "explore"
+# profile draws new ones (python -m pytest tests/test_fuzz.py --hypothesis-profile explore).
+settings.register_profile("default", derandomize=True, max_examples=60)
+settings.register_profile("explore", max_examples=500)
+settings.load_profile("default")
 
 
 def pytest_configure(config):

@@ -3,23 +3,17 @@ real clients (the official openai package, HTTP, WebSocket, headless Chromium), 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import concurrent.futures
 import io
 import json
 import os
 import shutil
-import signal
 import socket
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,80 +21,12 @@ import numpy as np
 import pytest
 from conftest import SIZE, assert_one_line_error, run_cli
 from PIL import Image
+from serving import Held, bomb_png, decode, gif_bytes, png_bytes, png_text, serve_in_thread, serve_process
 
 from turbo_runtime.pipeline import TurboPipeline
 
 BACKEND = "onnxruntime"  # float32 on every CPU: the server's pixels equal the in-process pipeline's exactly
 LIMITS = ["--max-queue", "4", "--max-steps", "8", "--max-images", "3", "--max-body-mb", "1"]
-
-
-def decode(data: bytes | str) -> np.ndarray:
-    if isinstance(data, str):
-        data = base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data)
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def png_text(data: bytes | str) -> dict:
-    if isinstance(data, str):
-        data = base64.b64decode(data)
-    with Image.open(io.BytesIO(data)) as im:
-        return dict(im.text)
-
-
-def png_bytes(size=(SIZE, SIZE), seed=0) -> bytes:
-    buffer = io.BytesIO()
-    pixels = np.random.default_rng(seed).integers(0, 255, (*size[::-1], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid PNG header that claims width x height pixels, in a few dozen bytes (no pixel data)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-class Served:
-    """A turbo-serve process: its URL, and its stderr (kept in a file: a full pipe would block the server)."""
-
-    def __init__(self, url: str, proc: subprocess.Popen, stderr):
-        self.url, self.proc, self._stderr = url, proc, stderr
-
-    @property
-    def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read()
-
-
-@contextmanager
-def serve_process(*args: str, ready: bool = True):
-    """turbo-serve on a free loopback port; stopped with SIGTERM at the end, which must exit 0."""
-    exe = Path(sys.executable).parent / "turbo-serve"
-    with tempfile.TemporaryFile("w+") as stderr:
-        proc = subprocess.Popen([str(exe), "--port", "0", *args], stdout=subprocess.PIPE, stderr=stderr, text=True)
-        served = Served("", proc, stderr)
-        try:
-            first = proc.stdout.readline()
-            assert first.startswith("turbo-serve: listening on http://127.0.0.1:"), (first, served.stderr)
-            served.url = first.split()[3].rstrip(";")
-            if ready:
-                line = proc.stdout.readline()
-                assert line.startswith(f"ready: {served.url}/"), (line, served.stderr)
-            yield served
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    raise
-                assert proc.returncode == 0, served.stderr
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +133,7 @@ def test_openai_client_raises_on_errors_and_the_server_keeps_serving(server, tmp
         client.images.generate(prompt="x", model="dall-e-3")
     cases = {
         "not a picture": ("image", ("x.png", b"not an image", "image/png")),
-        "is GIF": ("image", ("x.gif", _gif(), "image/gif")),
+        "is GIF": ("image", ("x.gif", gif_bytes(), "image/gif")),
         "claims more pixels than the 16777216": ("image", ("bomb.png", bomb_png(100_000, 100_000), "image/png")),
         "is 5000x5000 pixels, more than": ("image", ("big.png", bomb_png(5000, 5000), "image/png")),
     }
@@ -230,12 +156,6 @@ def test_openai_client_raises_on_errors_and_the_server_keeps_serving(server, tmp
     assert response.status_code == 400 and "Content-Type: application/json" in response.json()["error"]["message"]
     assert httpx.get(f"{server}/v1/nothing", timeout=30).json()["error"]["message"] == "Not Found"
     assert client.images.generate(prompt="still serving", extra_body={"seed": 1}).data[0].b64_json
-
-
-def _gif() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, format="GIF")
-    return buffer.getvalue()
 
 
 # ---- AUTOMATIC1111 ---------------------------------------------------------------------------------------------
@@ -357,56 +277,6 @@ def test_metrics_count_requests_stages_and_images(server):
 
 
 # ---- the same app in a thread, with a pipeline a test can hold ---------------------------------------------------
-
-
-class Held:
-    """The real pipeline, behind a gate the test opens: it makes "the worker is busy" a fact, not a race."""
-
-    def __init__(self, pipe: TurboPipeline):
-        self.pipe = pipe
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = threading.Semaphore(0)
-        self.prompts: list[str] = []
-
-    def __getattr__(self, name):
-        return getattr(self.pipe, name)
-
-    def __call__(self, prompt, **kwargs):
-        self.prompts.append(prompt)
-        self.started.release()
-        assert self.gate.wait(60)
-        if prompt == "raise":
-            raise RuntimeError("a fault injected by the test")
-        return self.pipe(prompt, **kwargs)
-
-    def wait_started(self) -> None:
-        assert self.started.acquire(timeout=30)
-
-
-@contextmanager
-def serve_in_thread(pipeline, source=None, **settings):
-    import uvicorn
-
-    from turbo_runtime.serve.app import create_app
-    from turbo_runtime.serve.config import ServeSettings
-
-    app = create_app(source or (lambda: pipeline), ServeSettings(**settings))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{url}/ready", timeout=5).status_code != 200 and source is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def skipped(url: str, reason: str) -> float:
@@ -662,5 +532,6 @@ def test_load_benchmark_runs_locust_against_the_server(tmp_path, sd_artifacts):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["users"] for r in results["load"]] == [1, 2]
     assert all(r["requests"] > 0 and r["failures"] == 0 and r["p50_ms"] > 0 for r in results["load"])
-    assert results["in_process"]["median_s"] > 0 and "fraction" in results["overhead_at_one_user"]
+    overhead = results["overhead"]
+    assert overhead["in_process_median_s"] > 0 and overhead["http_median_s"] > overhead["server_pipeline_median_s"]
     assert "| 2 |" in result.stdout and (not frames or results["browser"]["median_s"] > 0)

@@ -12,11 +12,10 @@ import numpy as np
 
 from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.errors import InputError
-from turbo_runtime.pipeline import Request
+from turbo_runtime.pipeline import SEED_BOUND, Request
 from turbo_runtime.serve.config import ServeSettings
 from turbo_runtime.serve.errors import ApiError
 
-MAX_SEED = 2**32 - 1  # the seeds clients of image APIs send (AUTOMATIC1111 draws them below 2**32)
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -58,8 +57,9 @@ class ImageRequest:
             raise ApiError(
                 400, f"steps must be from 1 to {settings.max_steps} on this server, got {self.steps}", param="steps"
             )
-        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise ApiError(400, f"seed must be from 0 to {MAX_SEED}, got {self.seed}", param="seed")
+        last_seed = SEED_BOUND - self.num_images  # image i uses seed + i
+        if self.seed is not None and not 0 <= self.seed <= last_seed:
+            raise ApiError(400, f"seed must be from 0 to {last_seed}, got {self.seed}", param="seed")
         try:
             resolved = Request(
                 prompt=self.prompt,
@@ -71,13 +71,14 @@ class ImageRequest:
                 height=self.height,
                 width=self.width,
                 scheduler=self.scheduler,
+                seed=self.seed,
             ).resolved(artifacts.family)
             resolved.check(artifacts)
         except InputError as e:
             raise ApiError(400, str(e)) from None
         if resolved.steps > settings.max_steps:  # a default raised to reach one image-to-image step
             raise ApiError(400, f"steps must be at most {settings.max_steps} on this server", param="steps")
-        seed = secrets.randbelow(MAX_SEED + 1) if self.seed is None else self.seed
+        seed = secrets.randbelow(last_seed + 1) if self.seed is None else self.seed
         return replace(
             self, steps=resolved.steps, guidance_scale=resolved.guidance_scale, strength=resolved.strength, seed=seed
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import Literal
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -27,6 +28,7 @@ from turbo_runtime.serve.errors import ApiError, validation_error
 from turbo_runtime.serve.generation import MIME, ImageRequest, ImageResult, decode_base64_image
 from turbo_runtime.serve.service import Service
 
+log = logging.getLogger("turbo_runtime.serve")
 router = APIRouter()
 ROUTE = "/realtime"
 AUTH_WAIT = 10.0  # seconds a client without the header has to send its key
@@ -126,6 +128,10 @@ class Session:
         except ApiError as e:
             await self.error(fields.id, e)
             return
+        except Exception as e:  # this frame fails; the connection and its next requests go on
+            log.exception("realtime frame failed")
+            await self.error(fields.id, ApiError(500, f"internal error: {type(e).__name__}"))
+            return
         self.last = (fields.id, result)
         header = {"type": "frame", "id": fields.id, "seed": result.seeds[0], "steps": result.steps}
         await self.send(header | {"timings": result.timings, "mime": MIME[fields.format]}, blob)
@@ -141,13 +147,20 @@ class Session:
 
     async def send(self, header: dict, blob: bytes) -> None:
         async with self.sending:
-            await self.ws.send_json(header)
+            await send_json(self.ws, header)
             await self.ws.send_bytes(blob)
 
     async def error(self, frame_id, error: ApiError) -> None:
         self.service.metrics.requests.labels(ROUTE, str(error.status)).inc()
         async with self.sending:
-            await self.ws.send_json({"type": "error", "id": frame_id, "status": error.status, "message": error.message})
+            await send_json(
+                self.ws, {"type": "error", "id": frame_id, "status": error.status, "message": error.message}
+            )
+
+
+async def send_json(ws: WebSocket, message: dict) -> None:
+    """JSON with non-ASCII escaped: a client's id may hold a lone surrogate, which UTF-8 cannot carry."""
+    await ws.send_text(json.dumps(message))
 
 
 async def authorized(ws: WebSocket, service: Service) -> bool:
@@ -168,7 +181,7 @@ async def authorized(ws: WebSocket, service: Service) -> bool:
     message = (
         'missing or wrong API key: send {"type": "auth", "key": KEY} first, or the header Authorization: Bearer KEY'
     )
-    await ws.send_json({"type": "error", "id": None, "status": 401, "message": message})
+    await send_json(ws, {"type": "error", "id": None, "status": 401, "message": message})
     await ws.close(code=1008)  # policy violation
     return False
 
@@ -183,8 +196,8 @@ async def realtime(ws: WebSocket) -> None:
         try:
             info = service.info()
         except ApiError as e:  # still loading: the client retries
-            await ws.send_json({"type": "error", "id": None, "status": e.status, "message": e.message})
+            await send_json(ws, {"type": "error", "id": None, "status": e.status, "message": e.message})
             await ws.close(code=1013)  # try again later
             return
-        await ws.send_json({"type": "hello", **info})
+        await send_json(ws, {"type": "hello", **info})
         await Session(ws, service).run()
