@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,27 +95,35 @@ def overhead(config: ServeBenchConfig, url: str) -> dict:
 
 
 @contextmanager
-def served(config: ServeBenchConfig):
-    cmd = [str(Path(sys.executable).parent / "turbo-serve"), "--artifacts", str(config.artifacts), "--port", "0"]
-    cmd += ["--backend", config.backend, "--max-queue", str(max(16, 2 * max(config.users))), "--quiet"]
-    for flag, value in (("--device", config.device), ("--dtype", config.dtype), ("--threads", config.threads)):
-        if value is not None:
-            cmd += [flag, str(value)]
+def turbo_serve(args: list[str]):
+    """turbo-serve started as a user starts it, on a free port; yields (url, process) once ready, then SIGTERM."""
+    cmd = [str(Path(sys.executable).parent / "turbo-serve"), "--port", "0", "--quiet", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         while (line := proc.stdout.readline()) and not line.startswith("ready: "):
             pass
         if not line:
             raise InputError(f"turbo-serve exited with code {proc.wait()} before it was ready (its stderr above)")
-        yield line.split()[1].rstrip("/")
+        yield line.split()[1].rstrip("/"), proc
     finally:
         proc.terminate()
-        proc.wait(timeout=120)
+        proc.wait(timeout=180)
 
 
-def locust(url: str, users: int, duration: float, prefix: Path) -> dict:
-    """One headless locust run; the aggregated row of its CSV statistics (milliseconds, requests per second)."""
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--users", str(users)]
+@contextmanager
+def served(config: ServeBenchConfig):
+    args = ["--artifacts", str(config.artifacts), "--backend", config.backend]
+    args += ["--max-queue", str(max(16, 2 * max(config.users)))]
+    for flag, value in (("--device", config.device), ("--dtype", config.dtype), ("--threads", config.threads)):
+        if value is not None:
+            args += [flag, str(value)]
+    with turbo_serve(args) as (url, _):
+        yield url
+
+
+def locust(url: str, users: int, duration: float, prefix: Path, user_class: str = "ImageClient") -> dict:
+    """One headless locust run: its aggregated statistics, and percentiles from every response time."""
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), user_class, "--headless", "--users", str(users)]
     cmd += ["--spawn-rate", str(users), "--run-time", f"{duration:g}s", "--host", url, "--csv", str(prefix)]
     cmd += ["--only-summary", "--loglevel", "WARNING", "--stop-timeout", "120"]
     times_file = Path(f"{prefix}_times.txt")
@@ -125,9 +134,12 @@ def locust(url: str, users: int, duration: float, prefix: Path) -> dict:
         raise InputError(f"locust failed (exit code {done.returncode}): {done.stderr.strip()[-500:]}")
     with open(f"{prefix}_stats.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
-    times = np.array([float(line) for line in times_file.read_text().split()] or [np.nan])
+    responses = [line.split() for line in times_file.read_text().splitlines()]
+    times = np.array([float(ms) for _, ms in responses] or [np.nan])
     p50, p95, p99 = np.percentile(times, [50, 95, 99])
     return {
+        "statuses": dict(Counter(status for status, _ in responses)),
+        "max_ms": float(times.max()),
         "users": users,
         "requests": int(row["Request Count"]),
         "failures": int(row["Failure Count"]),

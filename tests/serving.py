@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import signal
 import socket
 import struct
@@ -70,11 +71,14 @@ class Served:
 
 
 @contextmanager
-def serve_process(*args: str, ready: bool = True):
+def serve_process(*args: str, ready: bool = True, env: dict | None = None):
     """turbo-serve on a free loopback port; stopped with SIGTERM at the end, which must exit 0."""
     exe = Path(sys.executable).parent / "turbo-serve"
     with tempfile.TemporaryFile("w+") as stderr:
-        proc = subprocess.Popen([str(exe), "--port", "0", *args], stdout=subprocess.PIPE, stderr=stderr, text=True)
+        proc = subprocess.Popen(
+            [str(exe), "--port", "0", *args], stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
         served = Served("", proc, stderr)
         try:
             first = proc.stdout.readline()

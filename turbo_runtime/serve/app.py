@@ -77,6 +77,8 @@ def create_app(
     @app.get("/ready", include_in_schema=False)
     async def ready() -> JSONResponse:
         """200 once the pipeline is compiled, 503 before (or when it failed to load)."""
+        if service.draining:  # load balancers stop sending before the process goes
+            return JSONResponse({"status": "draining"}, status_code=503)
         if service.worker.ready:
             return JSONResponse({"status": "ready", **service.info()})
         error = service.worker.error

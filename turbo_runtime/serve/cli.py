@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 from turbo_runtime.backends import BACKENDS
@@ -68,6 +69,29 @@ def _listen(host: str, port: int) -> socket.socket:
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def draining_server(uvicorn, config, service, drain_seconds: float):
+    """uvicorn's server, with a drain first: on SIGTERM or Ctrl-C, /ready and new requests answer 503 while the
+    queued and running requests finish (for at most `drain_seconds`), then uvicorn shuts down as usual. A second
+    signal stops at once."""
+
+    class DrainingServer(uvicorn.Server):
+        deadline = None
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.deadline is None:
+                self.deadline = time.monotonic() + drain_seconds
+                service.draining = True
+            else:
+                super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.deadline is not None and (service.worker.idle or time.monotonic() > self.deadline):
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+    return DrainingServer(config)
 
 
 def _url(host: str, port: int) -> str:
@@ -137,15 +161,20 @@ def main(argv: list[str] | None = None) -> int:
         ws_max_size=settings.max_body_bytes,
         timeout_graceful_shutdown=int(settings.timeout),
     )
-    server = uvicorn.Server(config)
+    server = draining_server(uvicorn, config, app.state.service, settings.timeout)
     if not args.quiet:
         print(f"turbo-serve: listening on {url}; loading {args.artifacts or args.model} on {args.backend}", flush=True)
     if settings.api_key is None and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
         log.warning("listening beyond this machine without an API key: anyone who reaches %s can generate", url)
-    # uvicorn drains on SIGTERM (running requests finish), then raises the signal again with the handler it
-    # found: a no-op one makes a drained shutdown exit 0, as service managers expect.
+    # After a second signal uvicorn raises it again with the handler it found: a no-op one makes a SIGTERM
+    # shutdown exit 0, as service managers expect.
     signal.signal(signal.SIGTERM, lambda *_: None)
     server.run(sockets=[sock])
+    if not failed and not app.state.service.worker.ready:
+        # Stopped while compiling: an engine cannot be interrupted, and unwinding the interpreter under it can
+        # abort the process; nothing is half-written (exports are renamed into place when complete).
+        sys.stdout.flush()
+        os._exit(0)
     if failed:
         error = failed[0]
         if isinstance(error, TurboError):

@@ -33,6 +33,7 @@ class Service:
         on_failed: Callable[[Exception], None] | None = None,
     ):
         self.settings = settings
+        self.draining = False  # set on SIGTERM: new requests get 503 while the running ones finish
         self.metrics = Metrics()
         self.worker = Worker(source, settings.max_queue, self.metrics, on_ready, on_failed)
 
@@ -92,6 +93,10 @@ class Service:
     async def generate(self, request: ImageRequest, client: Request | None = None) -> ImageResult:
         """Validate, queue and wait for `request`; a queued request whose client leaves is dropped unrun."""
         request = self.checked(request)
+        if self.draining:
+            raise ApiError(
+                503, "the server is shutting down; send the request to another instance", code="shutting_down"
+            )
         try:
             future = self.worker.submit(request, self.settings.timeout)
         except Overloaded as e:

@@ -60,12 +60,19 @@ class Worker:
         self.on_ready, self.on_failed = on_ready, on_failed
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._durations: deque[float] = deque(maxlen=20)  # recent job seconds, for Retry-After
+        self._outstanding = 0  # jobs queued or running
+        self._count = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="turbo-worker", daemon=True)
         metrics.queue_depth.set_function(self._queue.qsize)
 
     @property
     def ready(self) -> bool:
         return self.pipeline is not None
+
+    @property
+    def idle(self) -> bool:
+        """No job running and none queued."""
+        return self._outstanding == 0
 
     def start(self) -> None:
         self._thread.start()
@@ -79,6 +86,8 @@ class Worker:
                 break
             if job is not None:
                 job.future.cancel()
+                with self._count:
+                    self._outstanding -= 1
         try:
             self._queue.put(None, timeout=1)
         except queue.Full:
@@ -89,10 +98,12 @@ class Worker:
     def submit(self, request: ImageRequest, timeout: float) -> Future:
         """Queue a checked request; raises Overloaded when the queue is full."""
         job = Job(request, time.monotonic() + timeout)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise Overloaded(self._retry_after()) from None
+        with self._count:
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                raise Overloaded(self._retry_after()) from None
+            self._outstanding += 1
         return job.future
 
     def _retry_after(self) -> int:
@@ -115,22 +126,27 @@ class Worker:
         if self.on_ready:
             self.on_ready(pipeline, time.monotonic() - start)
         while (job := self._queue.get()) is not None:
-            if not job.future.set_running_or_notify_cancel():
-                self.metrics.skipped.labels("cancelled").inc()
-                continue
-            if time.monotonic() > job.deadline:
-                self.metrics.skipped.labels("timeout").inc()
-                job.future.set_exception(TimeoutError("the request waited in the queue past its timeout"))
-                continue
-            started = time.monotonic()
-            try:
-                result = self._run(job.request)
-            except Exception as e:  # one request's failure is its own: the next one is served as usual
-                job.future.set_exception(e)
-            else:
-                result.timings["queue"] = started - job.enqueued
-                job.future.set_result(result)
-            self._durations.append(time.monotonic() - started)
+            self._run_job(job)
+            with self._count:
+                self._outstanding -= 1
+
+    def _run_job(self, job: Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            self.metrics.skipped.labels("cancelled").inc()
+            return
+        if time.monotonic() > job.deadline:
+            self.metrics.skipped.labels("timeout").inc()
+            job.future.set_exception(TimeoutError("the request waited in the queue past its timeout"))
+            return
+        started = time.monotonic()
+        try:
+            result = self._run(job.request)
+        except Exception as e:  # one request's failure is its own: the next one is served as usual
+            job.future.set_exception(e)
+        else:
+            result.timings["queue"] = started - job.enqueued
+            job.future.set_result(result)
+        self._durations.append(time.monotonic() - started)
 
     def _run(self, request: ImageRequest) -> ImageResult:
         result = ImageResult(request, [], [], 0)
