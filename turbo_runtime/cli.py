@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     from turbo_runtime.artifacts import MANIFEST, Artifacts
     from turbo_runtime.backends import backend_class
-    from turbo_runtime.pipeline import Request, check_refiner
+    from turbo_runtime.pipeline import Request, check_refiner, image_text
 
     backend_class(args.backend)  # an unknown backend or a missing package fails before any export or load
     if args.image is not None and not args.image.is_file():
@@ -212,24 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         high_noise_frac=high_noise_frac,
         watermark=False if args.no_watermark else None,
     )
-    meta = {
-        "prompt": args.prompt,
-        "seed": str(result.seed),
-        "steps": str(result.steps),
-        "model": pipe.artifacts.model_id,
-        "backend": args.backend,
-        "software": "turbo-runtime",
-    }
-    if request.guided:
-        meta["guidance_scale"] = str(request.guidance_scale)
-    if args.negative_prompt is not None:
-        meta["negative_prompt"] = args.negative_prompt
-    if args.scheduler:
-        meta["scheduler"] = args.scheduler
+    meta = image_text(request, result.seed, result.steps, pipe.artifacts.model_id, args.backend)
     if refiner is not None:
         meta.update(refiner=refiner.artifacts.model_id, high_noise_frac=str(high_noise_frac))
-    if request.has_image:
-        meta["strength"] = str(request.strength)
     for image, path in zip(result.images, paths):
         _save_png(image, path, meta)
     t = result.timings

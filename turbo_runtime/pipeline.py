@@ -205,6 +205,21 @@ class Request:
                 )
 
 
+def image_text(request: Request, seed: int, steps: int, model: str, backend: str) -> dict[str, str]:
+    """The PNG text chunks turbo-run and turbo-serve write, so an image says how to make it again."""
+    text = {"prompt": request.prompt, "seed": str(seed), "steps": str(steps), "model": model, "backend": backend}
+    text["software"] = "turbo-runtime"
+    if request.guided:
+        text["guidance_scale"] = str(request.guidance_scale)
+    if request.negative_prompt is not None:
+        text["negative_prompt"] = request.negative_prompt
+    if request.scheduler:
+        text["scheduler"] = request.scheduler
+    if request.has_image:
+        text["strength"] = str(request.strength)
+    return text
+
+
 def is_integer(value) -> bool:
     """An int (numpy's too) or a float with an integral value; not a bool."""
     if isinstance(value, float):

@@ -61,18 +61,7 @@ class ImageRequest:
         if self.seed is not None and not 0 <= self.seed <= last_seed:
             raise ApiError(400, f"seed must be from 0 to {last_seed}, got {self.seed}", param="seed")
         try:
-            resolved = Request(
-                prompt=self.prompt,
-                negative_prompt=self.negative_prompt,
-                steps=self.steps,
-                guidance_scale=self.guidance_scale,
-                has_image=self.image is not None,
-                strength=self.strength,
-                height=self.height,
-                width=self.width,
-                scheduler=self.scheduler,
-                seed=self.seed,
-            ).resolved(artifacts.family)
+            resolved = self.pipeline_request().resolved(artifacts.family)
             resolved.check(artifacts)
         except InputError as e:
             raise ApiError(400, str(e)) from None
@@ -81,6 +70,20 @@ class ImageRequest:
         seed = secrets.randbelow(last_seed + 1) if self.seed is None else self.seed
         return replace(
             self, steps=resolved.steps, guidance_scale=resolved.guidance_scale, strength=resolved.strength, seed=seed
+        )
+
+    def pipeline_request(self) -> Request:
+        return Request(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            has_image=self.image is not None,
+            strength=self.strength,
+            height=self.height,
+            width=self.width,
+            scheduler=self.scheduler,
+            seed=self.seed,
         )
 
 
@@ -129,21 +132,6 @@ def decode_base64_image(text: str, max_pixels: int, param: str = "image"):
     except (binascii.Error, ValueError):
         raise ApiError(400, f"{param} is not valid base64", param=param) from None
     return decode_image(data, max_pixels, param)
-
-
-def image_text(request: ImageRequest, seed: int, steps: int, model: str, backend: str, guided: bool) -> dict[str, str]:
-    """The PNG text chunks turbo-run writes, so a served image says how to make it again."""
-    text = {"prompt": request.prompt, "seed": str(seed), "steps": str(steps), "model": model, "backend": backend}
-    text["software"] = "turbo-runtime"
-    if guided:
-        text["guidance_scale"] = str(request.guidance_scale)
-    if request.negative_prompt is not None:
-        text["negative_prompt"] = request.negative_prompt
-    if request.scheduler:
-        text["scheduler"] = request.scheduler
-    if request.image is not None:
-        text["strength"] = str(request.strength)
-    return text
 
 
 def encode_image(pixels: np.ndarray, fmt: str = "png", text: dict[str, str] | None = None, quality: int = 90) -> bytes:

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from starlette.requests import HTTPConnection, Request
 
 from turbo_runtime.errors import InputError
-from turbo_runtime.pipeline import TurboPipeline
+from turbo_runtime.pipeline import TurboPipeline, image_text
 from turbo_runtime.serve.config import ServeSettings
 from turbo_runtime.serve.errors import ApiError
-from turbo_runtime.serve.generation import ImageRequest, ImageResult, encode_image, image_text
+from turbo_runtime.serve.generation import ImageRequest, ImageResult, encode_image
 from turbo_runtime.serve.metrics import Metrics
 from turbo_runtime.serve.worker import Overloaded, Worker
 
@@ -133,14 +133,11 @@ class Service:
 
     async def encode(self, result: ImageResult, fmt: str = "png") -> list[bytes]:
         """The result's images as `fmt` bytes; PNGs carry turbo-run's text chunks. Off the event loop."""
-        pipe, request = self.pipeline, result.request
-        guided = request.guidance_scale is not None and request.guidance_scale > 1
+        request, backend = result.request.pipeline_request(), self.pipeline.backend.name
 
         def encode_all() -> list[bytes]:
             return [
-                encode_image(
-                    pixels, fmt, image_text(request, seed, result.steps, self.model_name, pipe.backend.name, guided)
-                )
+                encode_image(pixels, fmt, image_text(request, seed, result.steps, self.model_name, backend))
                 for pixels, seed in zip(result.images, result.seeds)
             ]
 
