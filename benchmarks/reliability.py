@@ -44,11 +44,13 @@ MEMORY_GROWTH = 0.05
 
 
 def proc_counts(pid: int) -> dict:
-    """Resident memory (bytes), threads and open file descriptors of a process, from /proc."""
+    """Resident memory (bytes; all, anonymous, file-backed), threads and open file descriptors, from /proc."""
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     return {
         "rss": int(fields["VmRSS"].split()[0]) * 1024,
+        "rss_anon": int(fields["RssAnon"].split()[0]) * 1024,  # heap and stacks: what a leak grows
+        "rss_file": int(fields["RssFile"].split()[0]) * 1024,  # mapped files (weights, libraries): reclaimable
         "threads": int(fields["Threads"]),
         "fds": len(os.listdir(f"/proc/{pid}/fd")),
     }
