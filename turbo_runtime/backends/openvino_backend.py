@@ -41,15 +41,15 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = options.threads
         self.device = device
         self._requests = {}
-        paths = {c: artifacts.component_path(c, "openvino") for c in self.family.components}
+        files = {c: artifacts.component_files(c, "openvino") for c in self.family.components}
         # Largest first, and the weights' file pages (IR or cached blob) dropped once each is compiled: the
         # plugin keeps the mapping although it computes from its own converted copy, which would count the
         # weights twice, and compiling the UNet beside the others' copies would raise the peak further.
-        for component in sorted(paths, key=lambda c: -paths[c].with_suffix(".bin").stat().st_size):
+        for component in sorted(files, key=lambda c: -sum(p.stat().st_size for p in files[c])):
             own = config
             if config.get("INFERENCE_PRECISION_HINT") == "f16" and self.upcast(component):
                 own = {**config, "INFERENCE_PRECISION_HINT": "f32"}
-            compiled = core.compile_model(str(paths[component]), device, own)
+            compiled = core.compile_model(str(files[component][0]), device, own)
             self._requests[component] = compiled.create_infer_request()
             if device == "CPU":
                 page_out_mappings([artifacts.root, cache_dir])

@@ -1,0 +1,130 @@
+"""Faults on disk: hand-edited manifests, modified artifact files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, run_cli
+
+
+def linked_copy(src: Path, dst: Path) -> Path:
+    """A copy of an artifacts folder whose files are hard links, but for its own manifest (cheap; do not edit the
+    other files in place)."""
+    shutil.copytree(src, dst, copy_function=os.link)
+    manifest = dst / "manifest.json"
+    manifest.unlink()
+    shutil.copy(src / "manifest.json", manifest)
+    return dst
+
+
+def run_artifacts(art: Path, out: Path, backend: str = "openvino"):
+    return run_cli("turbo-run", "--artifacts", str(art), "--backend", backend, "--prompt", "x", "--out", str(out))
+
+
+# ---- hand-edited manifests: refused with one line naming the problem; nothing outside the folder is opened ----
+
+
+def _outside(art: Path, rel: str) -> Path:
+    """A copy of the artifact file or folder `rel` beside (outside) the artifacts folder."""
+    target = art.parent / "outside" / Path(rel).name
+    target.parent.mkdir(exist_ok=True)
+    shutil.copytree(art / rel, target) if (art / rel).is_dir() else shutil.copy(art / rel, target)
+    return target
+
+
+def _symlink_out(art: Path, rel: str) -> None:
+    """Replace `rel` by a symbolic link to an identical copy outside the folder."""
+    target = _outside(art, rel)
+    shutil.rmtree(art / rel) if (art / rel).is_dir() else (art / rel).unlink()
+    (art / rel).symlink_to(target)
+
+
+def _in_place(change: Callable[[Path, dict], object]) -> Callable[[Path, dict], object]:
+    """An edit that changes the manifest's dict (and maybe the folder), then writes it back."""
+
+    def edit(art: Path, m: dict) -> dict:
+        change(art, m)
+        return m
+
+    return edit
+
+
+def _unet_weights_named(rel_of: Callable[[Path], str]) -> Callable[[Path, dict], object]:
+    """The UNet's OpenVINO weights named by another path, to a copy listed with its true sha256: only the path is
+    wrong."""
+
+    def change(art: Path, m: dict) -> None:
+        _outside(art, "openvino/unet.bin")
+        rel = rel_of(art)
+        m["components"]["unet"]["files"]["openvino"][1] = rel
+        m["files"][rel] = m["files"]["openvino/unet.bin"]
+
+    return _in_place(change)
+
+
+# Each edit returns what to write as manifest.json (None: it replaced the file itself).
+MANIFEST_EDITS: dict[str, tuple[Callable[[Path, dict], object], list[str]]] = {
+    "dot-dot path": (
+        _unet_weights_named(lambda art: "../outside/unet.bin"),
+        ["names '../outside/unet.bin', which is not a path inside"],
+    ),
+    "absolute path": (
+        _unet_weights_named(lambda art: str(art.parent / "outside" / "unet.bin")),
+        ["outside/unet.bin', which is not a path inside"],
+    ),
+    "symlinked component file": (
+        _in_place(lambda art, m: _symlink_out(art, "openvino/unet.bin")),
+        ["openvino/unet.bin leads outside the artifacts folder", "outside/unet.bin"],
+    ),
+    "symlinked tokenizer folder": (
+        _in_place(lambda art, m: _symlink_out(art, "tokenizer")),
+        ["tokenizer/tokenizer.json leads outside the artifacts folder"],
+    ),
+    "symlinked manifest": (
+        lambda art, m: _symlink_out(art, "manifest.json"),
+        ["manifest.json leads outside the artifacts folder"],
+    ),
+    "a number for a path list": (
+        _in_place(lambda art, m: m["components"]["unet"]["files"].update(openvino=5)),
+        ["components.unet.files.openvino must be a list, got 5"],
+    ),
+    "a string for a path list": (
+        _in_place(lambda art, m: m["components"]["unet"]["files"].update(openvino="openvino/unet.xml")),
+        ['components.unet.files.openvino must be a list, got "openvino/unet.xml"'],
+    ),
+    "a format without files": (
+        _in_place(lambda art, m: m["components"]["vae_decoder"]["files"].pop("openvino")),
+        ["components.vae_decoder.files.openvino is missing"],
+    ),
+    "missing family": (_in_place(lambda art, m: m.pop("family")), ["family is missing"]),
+    "unknown family": (_in_place(lambda art, m: m.update(family="sd9")), ["family 'sd9' is not a model family"]),
+    "missing component": (_in_place(lambda art, m: m["components"].pop("unet")), ["components.unet is missing"]),
+    "string height": (_in_place(lambda art, m: m.update(height="128")), ['height must be an integer, got "128"']),
+    "a list for the file hashes": (
+        _in_place(lambda art, m: m.update(files=sorted(m["files"]))),
+        ["files must be an object"],
+    ),
+    "a shape as text": (
+        _in_place(lambda art, m: m["components"]["unet"]["inputs"][0].update(shape="1x4x16x16")),
+        ['components.unet.inputs[0].shape must be a list, got "1x4x16x16"'],
+    ),
+    "a list for the manifest": (lambda art, m: [m], ["the manifest must be an object"]),
+}
+
+
+@pytest.mark.parametrize("case", MANIFEST_EDITS)
+def test_hand_edited_manifest_is_refused(tmp_path, sd_artifacts, case):
+    edit, fragments = MANIFEST_EDITS[case]
+    art = linked_copy(sd_artifacts, tmp_path / "art")
+    written = edit(art, json.loads((art / "manifest.json").read_text()))
+    if written is not None:
+        (art / "manifest.json").write_text(json.dumps(written))
+    for backend in ("openvino", "onnxruntime"):
+        result = run_artifacts(art, tmp_path / "x.png", backend)
+        assert_one_line_error(result, *fragments)
+        assert not (tmp_path / "x.png").exists()
