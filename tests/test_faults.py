@@ -128,3 +128,48 @@ def test_hand_edited_manifest_is_refused(tmp_path, sd_artifacts, case):
         result = run_artifacts(art, tmp_path / "x.png", backend)
         assert_one_line_error(result, *fragments)
         assert not (tmp_path / "x.png").exists()
+
+
+# ---- artifact files truncated or changed on disk: refused before anything is loaded ----
+
+
+def _own_copy(path: Path) -> None:
+    """Break a hard link, so that editing `path` leaves the original alone."""
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data)
+
+
+def _flip_middle_byte(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x01]))
+
+
+@pytest.mark.parametrize(
+    "rel,backend",
+    [
+        ("tokenizer/tokenizer.json", "openvino"),
+        ("onnx/unet/model.onnx", "onnxruntime"),
+        ("openvino/unet.bin", "openvino"),
+    ],
+)
+@pytest.mark.parametrize("change", ["truncated", "a flipped byte", "a flipped byte, modification time kept"])
+def test_a_modified_artifact_file_is_refused(tmp_path, sd_artifacts, rel, backend, change):
+    from turbo_runtime.artifacts import Artifacts
+
+    art = linked_copy(sd_artifacts, tmp_path / "art")
+    _own_copy(art / rel)
+    Artifacts.load(art).verify({"openvino": "openvino", "onnxruntime": "onnx"}[backend])  # its digest remembered
+    stat = (art / rel).stat()
+    if change == "truncated":
+        os.truncate(art / rel, stat.st_size // 2)
+    else:
+        _flip_middle_byte(art / rel)
+    if change.endswith("kept"):  # as a copy that preserves times would leave it
+        os.utime(art / rel, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = run_artifacts(art, tmp_path / "x.png", backend)
+    assert_one_line_error(result, f"{rel} was modified", "export again")
+    assert not (tmp_path / "x.png").exists()

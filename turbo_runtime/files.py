@@ -32,15 +32,16 @@ def _load_memo() -> dict:
 
 
 def _stat_key(path: Path) -> str:
+    # The change time too: a tool can set a file's modification time back after editing it, not its change time.
     st = path.stat()
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def sha256_files(paths: list[Path]) -> list[str]:
     """sha256 of each file.
 
-    Multi-GB weights are hashed once: the digest is remembered per (device, inode, size, mtime), so a file
-    rewritten or edited in place is hashed again while an untouched one costs a stat.
+    Multi-GB weights are hashed once: the digest is remembered per (device, inode, size, modification and change
+    time), so a file rewritten or edited in place is hashed again while an untouched one costs a stat.
     """
     memo = _load_memo()
     digests, changed = [], False
