@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import importlib.util
 import json
 import logging
+import os
 import platform
 import shutil
 import tempfile
@@ -133,17 +136,46 @@ def _save_tokenizer(tok, dest: Path) -> None:
     backend.save(str(dest / "tokenizer.json"))
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2); False where the system or filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _aside(tmp: Path) -> Path:
+    """Where the old artifacts go while `tmp` replaces them, where they cannot be swapped in one step."""
+    return tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))
+
+
 def _install(tmp: Path, out: Path) -> None:
-    """Swap the finished folder into place; the old one is moved aside first, then removed."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None and old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    elif old is not None:
-        old.unlink()
+    """Put the finished folder at `out`; the caller then removes `tmp` (and its `_aside`).
+
+    An existing `out` is swapped with `tmp` in one step, so that a process killed at any moment leaves the old
+    or the new artifacts there, never neither; `tmp` then holds the old ones. Where the system cannot swap, the
+    old folder is renamed aside first, under a name the next export removes.
+    """
+    if out.exists() and not _exchange(tmp, out):
+        out.rename(_aside(tmp))
+    if not out.exists():
+        tmp.rename(out)
 
 
 def export_model(config: ExportConfig) -> Path:
@@ -177,15 +209,17 @@ def export_model(config: ExportConfig) -> Path:
         foreign = out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir()))
         if foreign and not config.force:
             raise ArtifactError(f"{out} exists and does not hold turbo-runtime artifacts; pass --force to replace it")
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by an interrupted export
-            shutil.rmtree(stale, ignore_errors=True)
+        for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):  # left by an interrupted export
+            for stale in out.parent.glob(pattern):
+                _remove(stale)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
         try:
             manifest = _export_into(tmp, source, vae, config)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             _install(tmp, out)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)  # the unfinished folder, or the old artifacts swapped out of place
+            _remove(_aside(tmp))
     return out
 
 

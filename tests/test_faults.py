@@ -1,15 +1,25 @@
-"""Faults on disk: hand-edited manifests, modified artifact files."""
+"""Faults: exports killed midway, hand-edited manifests, modified artifact files."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, run_cli
+
+from turbo_runtime.artifacts import Artifacts
+from turbo_runtime.errors import ArtifactError
+
+# A re-export that cannot reuse the session's 128x128 artifacts: another shape, one format (about 15 s here).
+REEXPORT = ("--format", "onnx", "--height", "64", "--width", "64", "--quiet")
 
 
 def linked_copy(src: Path, dst: Path) -> Path:
@@ -24,6 +34,73 @@ def linked_copy(src: Path, dst: Path) -> Path:
 
 def run_artifacts(art: Path, out: Path, backend: str = "openvino"):
     return run_cli("turbo-run", "--artifacts", str(art), "--backend", backend, "--prompt", "x", "--out", str(out))
+
+
+# ---- turbo-export killed: the target holds the old artifacts or the new ones, never a part; the next export works ----
+
+
+def start_export(out: Path, *wrapper: str) -> subprocess.Popen:
+    exe = Path(sys.executable).parent / "turbo-export"
+    args = [*wrapper, str(exe), "tiny-sd-turbo", "--out", str(out), *REEXPORT]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_when(proc: subprocess.Popen, out: Path, rel: str, delay: float) -> bool:
+    """SIGKILL `proc` `delay` seconds after its temporary folder holds `rel` ("": once the folder exists).
+
+    Returns whether it was killed (False: it had finished). Folders left by earlier runs do not count."""
+    stale = set(out.parent.glob(f".{out.name}.tmp-*"))
+    deadline = time.monotonic() + 120
+    while not any((d / rel).exists() for d in out.parent.glob(f".{out.name}.tmp-*") if d not in stale):
+        if proc.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, f"the export did not reach {rel!r} in 120 s"
+        time.sleep(0.005)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait(timeout=60) == -signal.SIGKILL
+
+
+def assert_old_or_new(out: Path) -> str:
+    """The session's artifacts (openvino and onnx at 128x128) or the re-export's (onnx at 64x64), intact."""
+    art = Artifacts.load(out)
+    state = "old" if art.height == 128 else "new"
+    assert (art.height, art.manifest["formats"]) in ((128, ["onnx", "openvino"]), (64, ["onnx"]))
+    for fmt in art.manifest["formats"]:
+        art.verify(fmt)
+    return state
+
+
+def test_a_killed_export_leaves_nothing_half_written_and_the_next_one_succeeds(tmp_path, sd_artifacts):
+    out = tmp_path / "art"
+    # Into a new folder: killed as the temporary folder appears, during the imports, once the tokenizer is saved.
+    for rel, delay in (("", 0.0), ("", 2.0), ("tokenizer/tokenizer.json", 0.0)):
+        assert kill_when(start_export(out), out, rel, delay), rel
+        assert not out.exists(), rel
+        with pytest.raises(ArtifactError, match="does not exist"):
+            Artifacts.load(out)
+    # Over good artifacts: as the UNet is written, and while it is traced.
+    linked_copy(sd_artifacts, out)
+    for rel, delay in (("onnx/unet/model.onnx", 0.0), ("tokenizer/tokenizer.json", 3.0)):
+        assert kill_when(start_export(out), out, rel, delay), rel
+        assert assert_old_or_new(out) == "old", rel
+    result = run_cli("turbo-export", "tiny-sd-turbo", "--out", str(out), *REEXPORT)
+    assert result.returncode == 0, result.stderr
+    assert assert_old_or_new(out) == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".art.lock", "art"]  # nothing stale left beside it
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to stop the export at its swap")
+def test_an_export_killed_at_the_swap_leaves_the_old_artifacts(tmp_path, sd_artifacts):
+    """SIGKILL as the export calls renameat2 to swap the new folder into place, over good artifacts (strace injects
+    it at the first renameat2 call, which is the swap: os.rename and os.replace call rename on x86-64)."""
+    out = linked_copy(sd_artifacts, tmp_path / "art")
+    proc = start_export(out, "strace", "-qq", "-o", os.devnull, "-e", "trace=renameat2",
+                        "-e", "inject=renameat2:signal=KILL")  # fmt: skip
+    assert proc.wait(timeout=300) == -signal.SIGKILL  # strace ends as its child did
+    assert assert_old_or_new(out) == "old"
+    result = run_artifacts(out, tmp_path / "x.png")
+    assert result.returncode == 0, result.stderr
 
 
 # ---- hand-edited manifests: refused with one line naming the problem; nothing outside the folder is opened ----
@@ -158,8 +235,6 @@ def _flip_middle_byte(path: Path) -> None:
 )
 @pytest.mark.parametrize("change", ["truncated", "a flipped byte", "a flipped byte, modification time kept"])
 def test_a_modified_artifact_file_is_refused(tmp_path, sd_artifacts, rel, backend, change):
-    from turbo_runtime.artifacts import Artifacts
-
     art = linked_copy(sd_artifacts, tmp_path / "art")
     _own_copy(art / rel)
     Artifacts.load(art).verify({"openvino": "openvino", "onnxruntime": "onnx"}[backend])  # its digest remembered
