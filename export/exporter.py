@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -178,6 +179,36 @@ def _install(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
+_FULL = 1 << 20  # a disk with fewer free bytes counts as full
+
+
+def _no_room(e: BaseException, tmp: Path) -> str | None:
+    """Why writing into `tmp` failed if it ran out of room (disk, quota, file size limit), else None.
+
+    OpenVINO and tokenizers do not pass the system's error on (OpenVINO says "iostream error"), so where the
+    error does not tell, the disk and the files written so far do."""
+    free = shutil.disk_usage(tmp).free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    limited = limit != resource.RLIM_INFINITY
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        reason = e.strerror
+    elif free < _FULL:
+        reason = os.strerror(errno.ENOSPC)
+    elif limited and any(p.stat().st_size >= limit for p in tmp.rglob("*") if p.is_file()):
+        reason = os.strerror(errno.EFBIG)
+    else:
+        return None
+    room = f"{_size(free)} free in {tmp.parent}" + (f", file size limit {_size(limit)}" if limited else "")
+    return f"{reason} ({room})"
+
+
+def _size(n: int) -> str:
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
 def export_model(config: ExportConfig) -> Path:
     """Export `config.model`; returns the artifacts folder (reused when source, shape and precision match)."""
     check_config(config)
@@ -217,6 +248,12 @@ def export_model(config: ExportConfig) -> Path:
             manifest = _export_into(tmp, source, vae, config)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             _install(tmp, out)
+        except Exception as e:
+            if isinstance(e, TurboError) or (reason := _no_room(e, tmp)) is None:
+                raise
+            raise ArtifactError(
+                f"cannot write the artifacts for {out}: {reason}; nothing was installed: make room or choose another --out"
+            ) from None
         finally:
             _remove(tmp)  # the unfinished folder, or the old artifacts swapped out of place
             _remove(_aside(tmp))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -101,6 +103,72 @@ def test_an_export_killed_at_the_swap_leaves_the_old_artifacts(tmp_path, sd_arti
     assert assert_old_or_new(out) == "old"
     result = run_artifacts(out, tmp_path / "x.png")
     assert result.returncode == 0, result.stderr
+
+
+# ---- no room while exporting: one line, exit 2, nothing installed and nothing left for the next export ----
+
+SMALL_OPENVINO = ("--format", "openvino", "--height", "64", "--width", "64", "--quiet")
+
+
+def _tmpfs_mountable() -> bool:
+    """Whether a tmpfs can be mounted in a mount namespace of our own (as root, or through a user namespace)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /tmp"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _tmpfs_mountable(), reason="cannot mount a tmpfs in a mount namespace here")
+def test_a_full_disk_during_export_gives_one_line_and_installs_nothing(tmp_path):
+    """turbo-export onto a 3 MiB tmpfs: OpenVINO cannot write the UNet's weights; then, with room, an export
+    succeeds. The tmpfs lives in a mount namespace of the test's own, so nothing stays mounted whatever happens."""
+    from export.replicas import replica_path
+
+    replica_path("tiny-sd-turbo")  # built in the cache (on another disk) beforehand
+    disk, logs = tmp_path / "disk", tmp_path / "logs"
+    disk.mkdir()
+    logs.mkdir()
+    export = [str(Path(sys.executable).parent / "turbo-export"), "tiny-sd-turbo", "--out", str(disk / "art")]
+    verify = [sys.executable, "-c", f"from turbo_runtime.artifacts import Artifacts; "
+              f"Artifacts.load({str(disk / 'art')!r}).verify('onnx')"]  # fmt: skip
+    script = f"""
+        mount -t tmpfs -o size=3m tmpfs {disk} || exit 99
+        {shlex.join([*export, *SMALL_OPENVINO])} 2>{logs}/full.err; echo $? >{logs}/full.rc; ls -A {disk} >{logs}/full.ls
+        mount -o remount,size=64m {disk} || exit 99
+        {shlex.join([*export, *REEXPORT])} >/dev/null 2>{logs}/room.err; echo $? >{logs}/room.rc
+        ls -A {disk} >{logs}/room.ls
+        {shlex.join(verify)}
+    """
+    done = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    log = {f.name: f.read_text() for f in logs.iterdir()}
+    full = subprocess.CompletedProcess([], int(log["full.rc"]), "", log["full.err"])
+    assert_one_line_error(full, f"cannot write the artifacts for {disk / 'art'}: No space left on device",
+                          "nothing was installed")  # fmt: skip
+    assert log["full.ls"].split() == [".art.lock"]  # no partial folder, no temporary one
+    assert log["room.rc"].strip() == "0", log["room.err"]  # the next export, with room, succeeds
+    assert log["room.ls"].split() == [".art.lock", "art"]
+    assert done.returncode == 0, done.stderr  # and its artifacts verify
+
+
+def test_a_file_size_limit_during_export_gives_one_line_and_installs_nothing(tmp_path):
+    """RLIMIT_FSIZE at 2 MiB: writing the UNet's ONNX graph fails with EFBIG (Python ignores SIGXFSZ, so the
+    write fails instead of the signal killing the process)."""
+    from export.replicas import replica_path
+
+    replica_path("tiny-sd-turbo")  # built in the cache beforehand, without the limit
+    out = tmp_path / "art"
+    limit = 2 << 20
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "turbo-export"), "tiny-sd-turbo", "--out", str(out), *REEXPORT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
+    assert_one_line_error(result, f"cannot write the artifacts for {out}: File too large", "file size limit 2.0 MiB",
+                          "nothing was installed")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".art.lock"]
 
 
 # ---- hand-edited manifests: refused with one line naming the problem; nothing outside the folder is opened ----
