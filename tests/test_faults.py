@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, flip_middle_byte, run_cli
 
 from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.errors import ArtifactError
@@ -285,14 +285,6 @@ def _own_copy(path: Path) -> None:
     path.write_bytes(data)
 
 
-def _flip_middle_byte(path: Path) -> None:
-    with open(path, "r+b") as f:
-        f.seek(path.stat().st_size // 2)
-        byte = f.read(1)[0]
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte ^ 0x01]))
-
-
 @pytest.mark.parametrize(
     "rel,backend",
     [
@@ -310,9 +302,44 @@ def test_a_modified_artifact_file_is_refused(tmp_path, sd_artifacts, rel, backen
     if change == "truncated":
         os.truncate(art / rel, stat.st_size // 2)
     else:
-        _flip_middle_byte(art / rel)
+        flip_middle_byte(art / rel)
     if change.endswith("kept"):  # as a copy that preserves times would leave it
         os.utime(art / rel, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     result = run_artifacts(art, tmp_path / "x.png", backend)
     assert_one_line_error(result, f"{rel} was modified", "export again")
     assert not (tmp_path / "x.png").exists()
+
+
+# ---- the OpenVINO compile cache: an entry changed on disk is compiled again, never used ----
+
+
+def test_a_modified_compile_cache_entry_is_compiled_again(tmp_path, sd_artifacts):
+    """OpenVINO itself compiles again over a truncated blob but computes with one whose byte was flipped; the
+    backend checks every entry against the sha256 it recorded when the entry was written."""
+    import numpy as np
+    from PIL import Image
+
+    from turbo_runtime.files import sha256_file
+
+    env = {"TURBO_RUNTIME_CACHE": str(tmp_path / "cache")}  # compiled afresh, recorded by this test's runs
+    args = ["turbo-run", "--artifacts", str(sd_artifacts), "--backend", "openvino", "--prompt", "a fox", "--seed", "1"]
+    first = run_cli(*args, "--out", str(tmp_path / "first.png"), env=env)
+    assert first.returncode == 0, first.stderr
+    blobs = {b.parent.name.rsplit("-", 1)[0]: b for b in (tmp_path / "cache" / "openvino-cache").glob("*/*.blob")}
+    assert sorted(blobs) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
+    for blob in blobs.values():
+        assert blob.with_name(blob.name + ".sha256").read_text().strip() == sha256_file(blob)
+        blob.chmod(0o644)  # OpenVINO writes them read-only
+    blobs["text_encoder"].with_name(blobs["text_encoder"].name + ".sha256").unlink()  # as if its writer died
+    os.truncate(blobs["unet"], blobs["unet"].stat().st_size // 2)
+    flip_middle_byte(blobs["vae_encoder"])
+    flip_middle_byte(blobs["vae_decoder"])
+    written = {name: blob.stat().st_mtime_ns for name, blob in blobs.items()}
+    second = run_cli(*args, "--out", str(tmp_path / "second.png"), env=env)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.count("was modified since it was written; compiling again") == 3, second.stderr
+    for name, blob in blobs.items():  # written again, and recorded
+        assert blob.stat().st_mtime_ns != written[name], name
+        assert blob.with_name(blob.name + ".sha256").read_text().strip() == sha256_file(blob), name
+    images = [np.asarray(Image.open(tmp_path / f"{run}.png")) for run in ("first", "second")]
+    assert np.array_equal(*images)
