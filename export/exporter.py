@@ -234,15 +234,17 @@ def export_model(config: ExportConfig) -> Path:
     # One export per target at a time: a second one waits, then finds the first one's artifacts reusable.
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # Left by a killed export; also when the artifacts are reused (one killed while it removed the old
+        # artifacts it had swapped out leaves a whole copy of them).
+        for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
+            for stale in out.parent.glob(pattern):
+                _remove(stale)
         if _reusable(out, source.source_hash, vae.source_hash if vae else None, config):
             log.info("reusing artifacts in %s (same source, shape and precision)", out)
             return out
         foreign = out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir()))
         if foreign and not config.force:
             raise ArtifactError(f"{out} exists and does not hold turbo-runtime artifacts; pass --force to replace it")
-        for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):  # left by an interrupted export
-            for stale in out.parent.glob(pattern):
-                _remove(stale)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
         try:
             manifest = _export_into(tmp, source, vae, config)
@@ -252,7 +254,8 @@ def export_model(config: ExportConfig) -> Path:
             if isinstance(e, TurboError) or (reason := _no_room(e, tmp)) is None:
                 raise
             raise ArtifactError(
-                f"cannot write the artifacts for {out}: {reason}; nothing was installed: make room or choose another --out"
+                f"cannot write the artifacts for {out}: {reason}; nothing was installed: make room or choose "
+                "another --out"
             ) from None
         finally:
             _remove(tmp)  # the unfinished folder, or the old artifacts swapped out of place
