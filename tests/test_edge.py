@@ -94,7 +94,7 @@ def test_onnxruntime_openvino_provider_in_its_own_venv(tmp_path, sd_artifacts):
     changed = {blob: blob.read_bytes() for blob in blobs}
     out = tmp_path / "changed-cache.png"
     args = [str(bin_dir / "turbo-run"), "--artifacts", str(sd_artifacts), "--backend", "onnxruntime", "--device",
-            "openvino", "--dtype", "float32", "--prompt", "a red fox", "--seed", "4", "--out", str(out), "--quiet"]  # fmt: skip
+            "openvino", "--dtype", "float32", "--prompt", "a red fox", "--seed", "4", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "TURBO_RUNTIME_CACHE": str(tmp_path / "cache-float32")}
     result = subprocess.run(args, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

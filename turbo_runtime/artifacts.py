@@ -96,7 +96,7 @@ class Artifacts:
             hint = "export first: turbo-export MODEL --out " + str(root)
             what = "does not exist" if not root.exists() else f"has no {MANIFEST}"
             raise ArtifactError(f"artifacts folder {root} {what}; {hint}")
-        try:
+        try:  # through `path` too: a manifest.json linking outside the folder is refused
             manifest = json.loads(cls(root, {}).path(MANIFEST).read_text())
         except ValueError as e:
             raise ArtifactError(f"{path} is not valid JSON ({e}); export again with turbo-export") from None
