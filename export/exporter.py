@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import importlib.util
 import json
 import logging
+import os
 import platform
+import resource
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -133,17 +137,76 @@ def _save_tokenizer(tok, dest: Path) -> None:
     backend.save(str(dest / "tokenizer.json"))
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2); False where the system or filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _aside(tmp: Path) -> Path:
+    """Where the old artifacts go while `tmp` replaces them, where they cannot be swapped in one step."""
+    return tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))
+
+
 def _install(tmp: Path, out: Path) -> None:
-    """Swap the finished folder into place; the old one is moved aside first, then removed."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None and old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    elif old is not None:
-        old.unlink()
+    """Put the finished folder at `out`; the caller then removes `tmp` (and its `_aside`).
+
+    An existing `out` is swapped with `tmp` in one step, so that a process killed at any moment leaves the old
+    or the new artifacts there, never neither; `tmp` then holds the old ones. Where the system cannot swap, the
+    old folder is renamed aside first, under a name the next export removes.
+    """
+    if out.exists() and not _exchange(tmp, out):
+        out.rename(_aside(tmp))
+    if not out.exists():
+        tmp.rename(out)
+
+
+_FULL = 1 << 20  # a disk with fewer free bytes counts as full
+
+
+def _no_room(e: BaseException, tmp: Path) -> str | None:
+    """Why writing into `tmp` failed if it ran out of room (disk, quota, file size limit), else None.
+
+    OpenVINO and tokenizers do not pass the system's error on (OpenVINO says "iostream error"), so where the
+    error does not tell, the disk and the files written so far do."""
+    free = shutil.disk_usage(tmp).free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    limited = limit != resource.RLIM_INFINITY
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        reason = e.strerror
+    elif free < _FULL:
+        reason = os.strerror(errno.ENOSPC)
+    elif limited and any(p.stat().st_size >= limit for p in tmp.rglob("*") if p.is_file()):
+        reason = os.strerror(errno.EFBIG)
+    else:
+        return None
+    room = f"{_size(free)} free in {tmp.parent}" + (f", file size limit {_size(limit)}" if limited else "")
+    return f"{reason} ({room})"
+
+
+def _size(n: int) -> str:
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
 
 
 def export_model(config: ExportConfig) -> Path:
@@ -171,21 +234,32 @@ def export_model(config: ExportConfig) -> Path:
     # One export per target at a time: a second one waits, then finds the first one's artifacts reusable.
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # Left by a killed export; also when the artifacts are reused (one killed while it removed the old
+        # artifacts it had swapped out leaves a whole copy of them).
+        for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
+            for stale in out.parent.glob(pattern):
+                _remove(stale)
         if _reusable(out, source.source_hash, vae.source_hash if vae else None, config):
             log.info("reusing artifacts in %s (same source, shape and precision)", out)
             return out
         foreign = out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir()))
         if foreign and not config.force:
             raise ArtifactError(f"{out} exists and does not hold turbo-runtime artifacts; pass --force to replace it")
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by an interrupted export
-            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
         try:
             manifest = _export_into(tmp, source, vae, config)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             _install(tmp, out)
+        except Exception as e:
+            if isinstance(e, TurboError) or (reason := _no_room(e, tmp)) is None:
+                raise
+            raise ArtifactError(
+                f"cannot write the artifacts for {out}: {reason}; nothing was installed: make room or choose "
+                "another --out"
+            ) from None
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)  # the unfinished folder, or the old artifacts swapped out of place
+            _remove(_aside(tmp))
     return out
 
 

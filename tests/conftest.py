@@ -106,6 +106,15 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str, 
         assert fragment in lines[0], (fragment, lines[0])
 
 
+def flip_middle_byte(path: Path) -> None:
+    """Change one bit of a file in place, as a bad disk or a careless edit would."""
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x01]))
+
+
 def assert_not_degenerate(images: np.ndarray) -> None:
     """Parity on a constant or fully clipped image would prove nothing."""
     assert images.std() > 0.05

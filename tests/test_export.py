@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,6 @@ from conftest import SIZE, assert_one_line_error, run_cli
 
 from export.exporter import ExportConfig, export_model
 from export.replicas import build_pipeline, replica_path
-from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.errors import ArtifactError, SourceError
 from turbo_runtime.files import sha256_file
 from turbo_runtime.pipeline import TurboPipeline
@@ -143,27 +139,6 @@ def test_a_changed_byte_is_refused_by_the_runtime(tmp_path, sd_artifacts):
     )
     assert_one_line_error(result, "unet.bin was modified", "export again")
     assert not (tmp_path / "x.png").exists()
-
-
-def test_an_interrupted_export_leaves_nothing_loadable(tmp_path):
-    out = tmp_path / "art"
-    exe = Path(sys.executable).parent / "turbo-export"
-    proc = subprocess.Popen(
-        [str(exe), "tiny-sdxl-turbo", "--out", str(out), *SMALL], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".art.tmp-*/onnx/unet/model.onnx")):  # midway: some components written
-        assert proc.poll() is None and time.monotonic() < deadline, "export ended before it could be interrupted"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not out.exists()
-    with pytest.raises(ArtifactError, match="does not exist"):
-        Artifacts.load(out)
-    result = run_cli("turbo-export", "tiny-sdxl-turbo", "--out", str(out), *SMALL)
-    assert result.returncode == 0, result.stderr
-    assert Artifacts.load(out).family.name == "sdxl-turbo"
-    assert not list(tmp_path.glob(".art.tmp-*"))  # the stale folder was cleaned up
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 8 << 20
 
@@ -32,15 +38,16 @@ def _load_memo() -> dict:
 
 
 def _stat_key(path: Path) -> str:
+    # The change time too: a tool can set a file's modification time back after editing it, not its change time.
     st = path.stat()
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def sha256_files(paths: list[Path]) -> list[str]:
     """sha256 of each file.
 
-    Multi-GB weights are hashed once: the digest is remembered per (device, inode, size, mtime), so a file
-    rewritten or edited in place is hashed again while an untouched one costs a stat.
+    Multi-GB weights are hashed once: the digest is remembered per (device, inode, size, modification and change
+    time), so a file rewritten or edited in place is hashed again while an untouched one costs a stat.
     """
     memo = _load_memo()
     digests, changed = [], False
@@ -80,6 +87,48 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_RECORD = ".sha256"
+
+
+def _cache_entries(folder: Path) -> list[Path]:
+    """What the engine wrote: every file but the lock (hidden) and our records."""
+    return [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != _RECORD]
+
+
+@contextmanager
+def checked_cache(folder: Path) -> Iterator[Path]:
+    """A compile-cache folder whose entries are used only while they match the sha256 recorded when written.
+
+    OpenVINO loads a cached blob with a changed byte without noticing and computes with it (a truncated one it
+    refuses and compiles again). Entering, under a lock that keeps other processes from checking or writing the
+    folder at the same time, removes every entry that no longer matches its record, or has none (its writer
+    died, or predates the records): the engine compiles afresh and writes it again. Leaving without an error
+    records the sha256 of what the engine wrote.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = _cache_entries(folder)
+        for entry, digest in zip(entries, sha256_files(entries)):
+            recorded = _recorded(entry)
+            if digest != recorded:
+                if recorded is not None:
+                    log.warning("compile cache entry %s was modified since it was written; compiling again", entry)
+                entry.unlink()
+        yield folder
+        entries = _cache_entries(folder)
+        for entry, digest in zip(entries, sha256_files(entries)):
+            if digest != _recorded(entry):
+                write_text_atomic(entry.with_name(entry.name + _RECORD), digest + "\n")
+
+
+def _recorded(entry: Path) -> str | None:
+    try:
+        return entry.with_name(entry.name + _RECORD).read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 _MADV_PAGEOUT = 21  # Linux 5.4+: reclaim the pages of a range now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -20,7 +21,7 @@ class BackendOptions:
     device: str | None = None  # backend's own device name; None picks its default
     dtype: str | None = None  # inference precision; None picks the backend's best for the device
     threads: int | None = None  # CPU threads; None lets the engine decide
-    cache_dir: Path | None = None  # compiled-model cache (OpenVINO)
+    cache_dir: Path | None = None  # compiled-model cache (OpenVINO, and ONNX Runtime's OpenVINO provider)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ class Backend:
         self.io: dict[str, ComponentIO] = {c: artifacts.io(c) for c in self.family.components}
         # Latents per UNet call this backend takes: the exported static batch, unless the engine is dynamic.
         self.unet_batches: tuple[int, ...] = (artifacts.unet_batch,)
+
+    def cache_folder(self, cache_dir: Path, component: str) -> Path:
+        """The compile-cache folder of a component's files (named by their sha256 in the manifest): each holds the
+        entries of one graph only, so they can be checked before it is compiled (files.checked_cache)."""
+        listed = self.artifacts.manifest["files"]
+        files = self.artifacts.manifest["components"][component]["files"][self.artifact_format]
+        key = hashlib.sha256(" ".join(listed[f] for f in files).encode()).hexdigest()[:16]
+        return cache_dir / f"{component}-{key}"
 
     def upcast(self, component: str) -> bool:
         """Whether `component` runs in float32 when the rest runs in float16: VAEs that overflow in float16."""

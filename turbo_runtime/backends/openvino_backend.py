@@ -9,7 +9,7 @@ import numpy as np
 from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends.base import Backend, BackendOptions
 from turbo_runtime.errors import BackendUnavailable
-from turbo_runtime.files import cache_root, page_out_mappings
+from turbo_runtime.files import cache_root, checked_cache, page_out_mappings
 
 try:
     import openvino as ov
@@ -33,7 +33,6 @@ class OpenVINOBackend(Backend):
                 f"OpenVINO device {device!r} is not available here; available: {', '.join(available)}"
             )
         cache_dir = Path(options.cache_dir or cache_root() / "openvino-cache")
-        core.set_property({"CACHE_DIR": str(cache_dir)})
         config: dict = {"PERFORMANCE_HINT": "LATENCY"}
         if options.dtype:  # otherwise the plugin's best: bf16 on CPUs with AMX/AVX512-BF16, f32 elsewhere
             config["INFERENCE_PRECISION_HINT"] = _PRECISION_HINTS[options.dtype]
@@ -41,15 +40,16 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = options.threads
         self.device = device
         self._requests = {}
-        paths = {c: artifacts.component_path(c, "openvino") for c in self.family.components}
+        files = {c: artifacts.component_files(c, "openvino") for c in self.family.components}
         # Largest first, and the weights' file pages (IR or cached blob) dropped once each is compiled: the
         # plugin keeps the mapping although it computes from its own converted copy, which would count the
         # weights twice, and compiling the UNet beside the others' copies would raise the peak further.
-        for component in sorted(paths, key=lambda c: -paths[c].with_suffix(".bin").stat().st_size):
+        for component in sorted(files, key=lambda c: -sum(p.stat().st_size for p in files[c])):
             own = config
             if config.get("INFERENCE_PRECISION_HINT") == "f16" and self.upcast(component):
                 own = {**config, "INFERENCE_PRECISION_HINT": "f32"}
-            compiled = core.compile_model(str(paths[component]), device, own)
+            with checked_cache(self.cache_folder(cache_dir, component)) as cache:
+                compiled = core.compile_model(str(files[component][0]), device, {**own, "CACHE_DIR": str(cache)})
             self._requests[component] = compiled.create_infer_request()
             if device == "CPU":
                 page_out_mappings([artifacts.root, cache_dir])

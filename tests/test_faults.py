@@ -1,0 +1,355 @@
+"""Faults: exports killed midway, hand-edited manifests, modified artifact files."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, flip_middle_byte, run_cli
+
+from turbo_runtime.artifacts import Artifacts
+from turbo_runtime.errors import ArtifactError
+
+# A re-export that cannot reuse the session's 128x128 artifacts: another shape, one format (about 15 s here).
+REEXPORT = ("--format", "onnx", "--height", "64", "--width", "64", "--quiet")
+
+
+def linked_copy(src: Path, dst: Path) -> Path:
+    """A copy of an artifacts folder whose files are hard links, but for its own manifest (cheap; do not edit the
+    other files in place)."""
+    shutil.copytree(src, dst, copy_function=os.link)
+    manifest = dst / "manifest.json"
+    manifest.unlink()
+    shutil.copy(src / "manifest.json", manifest)
+    return dst
+
+
+def run_artifacts(art: Path, out: Path, backend: str = "openvino"):
+    return run_cli("turbo-run", "--artifacts", str(art), "--backend", backend, "--prompt", "x", "--out", str(out))
+
+
+# ---- turbo-export killed: the target holds the old or the new artifacts, never a part; the next export works ----
+
+
+def start_export(out: Path, *wrapper: str) -> subprocess.Popen:
+    exe = Path(sys.executable).parent / "turbo-export"
+    args = [*wrapper, str(exe), "tiny-sd-turbo", "--out", str(out), *REEXPORT]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_when(proc: subprocess.Popen, out: Path, rel: str, delay: float) -> bool:
+    """SIGKILL `proc` `delay` seconds after its temporary folder holds `rel` ("": once the folder exists).
+
+    Returns whether it was killed (False: it had finished). Folders left by earlier runs do not count."""
+    stale = set(out.parent.glob(f".{out.name}.tmp-*"))
+    deadline = time.monotonic() + 120
+    while not any((d / rel).exists() for d in out.parent.glob(f".{out.name}.tmp-*") if d not in stale):
+        if proc.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, f"the export did not reach {rel!r} in 120 s"
+        time.sleep(0.005)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait(timeout=60) == -signal.SIGKILL
+
+
+def assert_old_or_new(out: Path) -> str:
+    """The session's artifacts (openvino and onnx at 128x128) or the re-export's (onnx at 64x64), intact."""
+    art = Artifacts.load(out)
+    state = "old" if art.height == 128 else "new"
+    assert (art.height, art.manifest["formats"]) in ((128, ["onnx", "openvino"]), (64, ["onnx"]))
+    for fmt in art.manifest["formats"]:
+        art.verify(fmt)
+    return state
+
+
+def test_a_killed_export_leaves_nothing_half_written_and_the_next_one_succeeds(tmp_path, sd_artifacts):
+    out = tmp_path / "art"
+    # Into a new folder: killed as the temporary folder appears, during the imports, once the tokenizer is saved.
+    for rel, delay in (("", 0.0), ("", 2.0), ("tokenizer/tokenizer.json", 0.0)):
+        assert kill_when(start_export(out), out, rel, delay), rel
+        assert not out.exists(), rel
+        with pytest.raises(ArtifactError, match="does not exist"):
+            Artifacts.load(out)
+    # Over good artifacts: as the UNet's graph is written, as the VAE encoder's is (the decoder's comes next), and
+    # 1.5 s after the tokenizer (wherever that falls: on a quiet machine the export may be done by then).
+    linked_copy(sd_artifacts, out)
+    for rel in ("onnx/unet/model.onnx", "onnx/vae_encoder/model.onnx"):
+        assert kill_when(start_export(out), out, rel, 0.0), rel
+        assert assert_old_or_new(out) == "old", rel
+    kill_when(start_export(out), out, "tokenizer/tokenizer.json", 1.5)
+    assert_old_or_new(out)
+    result = run_cli("turbo-export", "tiny-sd-turbo", "--out", str(out), *REEXPORT)
+    assert result.returncode == 0, result.stderr
+    assert assert_old_or_new(out) == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".art.lock", "art"]  # nothing stale left beside it
+    # What a kill leaves while the swapped-out old artifacts are removed is removed by an export that reuses.
+    shutil.copytree(out, tmp_path / ".art.tmp-killed")
+    (tmp_path / ".art.old-killed").mkdir()
+    result = run_cli("turbo-export", "tiny-sd-turbo", "--out", str(out), *REEXPORT)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".art.lock", "art"]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to stop the export at its swap")
+def test_an_export_killed_at_the_swap_leaves_the_old_artifacts(tmp_path, sd_artifacts):
+    """SIGKILL as the export calls renameat2 to swap the new folder into place, over good artifacts (strace injects
+    it at the first renameat2 call, which is the swap: os.rename and os.replace call rename on x86-64)."""
+    out = linked_copy(sd_artifacts, tmp_path / "art")
+    proc = start_export(out, "strace", "-qq", "-o", os.devnull, "-e", "trace=renameat2",
+                        "-e", "inject=renameat2:signal=KILL")  # fmt: skip
+    assert proc.wait(timeout=300) == -signal.SIGKILL  # strace ends as its child did
+    assert assert_old_or_new(out) == "old"
+    result = run_artifacts(out, tmp_path / "x.png")
+    assert result.returncode == 0, result.stderr
+
+
+# ---- no room while exporting: one line, exit 2, nothing installed and nothing left for the next export ----
+
+SMALL_OPENVINO = ("--format", "openvino", "--height", "64", "--width", "64", "--quiet")
+
+
+def _tmpfs_mountable() -> bool:
+    """Whether a tmpfs can be mounted in a mount namespace of our own (as root, or through a user namespace)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /tmp"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _tmpfs_mountable(), reason="cannot mount a tmpfs in a mount namespace here")
+def test_a_full_disk_during_export_gives_one_line_and_installs_nothing(tmp_path):
+    """turbo-export onto a 3 MiB tmpfs: OpenVINO cannot write the UNet's weights; then, with room, an export
+    succeeds. The tmpfs lives in a mount namespace of the test's own, so nothing stays mounted whatever happens."""
+    from export.replicas import replica_path
+
+    replica_path("tiny-sd-turbo")  # built in the cache (on another disk) beforehand
+    disk, logs = tmp_path / "disk", tmp_path / "logs"
+    disk.mkdir()
+    logs.mkdir()
+    export = [str(Path(sys.executable).parent / "turbo-export"), "tiny-sd-turbo", "--out", str(disk / "art")]
+    verify = [sys.executable, "-c", f"from turbo_runtime.artifacts import Artifacts; "
+              f"Artifacts.load({str(disk / 'art')!r}).verify('onnx')"]  # fmt: skip
+    script = f"""
+        mount -t tmpfs -o size=3m tmpfs {disk} || exit 99
+        {shlex.join([*export, *SMALL_OPENVINO])} 2>{logs}/full.err; echo $? >{logs}/full.rc
+        ls -A {disk} >{logs}/full.ls
+        mount -o remount,size=64m {disk} || exit 99
+        {shlex.join([*export, *REEXPORT])} >/dev/null 2>{logs}/room.err; echo $? >{logs}/room.rc
+        ls -A {disk} >{logs}/room.ls
+        {shlex.join(verify)}
+    """
+    done = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    log = {f.name: f.read_text() for f in logs.iterdir()}
+    full = subprocess.CompletedProcess([], int(log["full.rc"]), "", log["full.err"])
+    assert_one_line_error(full, f"cannot write the artifacts for {disk / 'art'}: No space left on device",
+                          "nothing was installed")  # fmt: skip
+    assert log["full.ls"].split() == [".art.lock"]  # no partial folder, no temporary one
+    assert log["room.rc"].strip() == "0", log["room.err"]  # the next export, with room, succeeds
+    assert log["room.ls"].split() == [".art.lock", "art"]
+    assert done.returncode == 0, done.stderr  # and its artifacts verify
+
+
+def test_a_file_size_limit_during_export_gives_one_line_and_installs_nothing(tmp_path):
+    """RLIMIT_FSIZE at 2 MiB: writing the UNet's ONNX graph fails with EFBIG (Python ignores SIGXFSZ, so the
+    write fails instead of the signal killing the process)."""
+    from export.replicas import replica_path
+
+    replica_path("tiny-sd-turbo")  # built in the cache beforehand, without the limit
+    out = tmp_path / "art"
+    limit = 2 << 20
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "turbo-export"), "tiny-sd-turbo", "--out", str(out), *REEXPORT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
+    assert_one_line_error(result, f"cannot write the artifacts for {out}: File too large", "file size limit 2.0 MiB",
+                          "nothing was installed")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".art.lock"]
+
+
+# ---- hand-edited manifests: refused with one line naming the problem; nothing outside the folder is opened ----
+
+
+def _outside(art: Path, rel: str) -> Path:
+    """A copy of the artifact file or folder `rel` beside (outside) the artifacts folder."""
+    target = art.parent / "outside" / Path(rel).name
+    target.parent.mkdir(exist_ok=True)
+    shutil.copytree(art / rel, target) if (art / rel).is_dir() else shutil.copy(art / rel, target)
+    return target
+
+
+def _symlink_out(art: Path, rel: str) -> None:
+    """Replace `rel` by a symbolic link to an identical copy outside the folder."""
+    target = _outside(art, rel)
+    shutil.rmtree(art / rel) if (art / rel).is_dir() else (art / rel).unlink()
+    (art / rel).symlink_to(target)
+
+
+def _in_place(change: Callable[[Path, dict], object]) -> Callable[[Path, dict], object]:
+    """An edit that changes the manifest's dict (and maybe the folder), then writes it back."""
+
+    def edit(art: Path, m: dict) -> dict:
+        change(art, m)
+        return m
+
+    return edit
+
+
+def _unet_weights_named(rel_of: Callable[[Path], str]) -> Callable[[Path, dict], object]:
+    """The UNet's OpenVINO weights named by another path, to a copy listed with its true sha256: only the path is
+    wrong."""
+
+    def change(art: Path, m: dict) -> None:
+        _outside(art, "openvino/unet.bin")
+        rel = rel_of(art)
+        m["components"]["unet"]["files"]["openvino"][1] = rel
+        m["files"][rel] = m["files"]["openvino/unet.bin"]
+
+    return _in_place(change)
+
+
+# Each edit returns what to write as manifest.json (None: it replaced the file itself).
+MANIFEST_EDITS: dict[str, tuple[Callable[[Path, dict], object], list[str]]] = {
+    "dot-dot path": (
+        _unet_weights_named(lambda art: "../outside/unet.bin"),
+        ["names '../outside/unet.bin', which is not a path inside"],
+    ),
+    "absolute path": (
+        _unet_weights_named(lambda art: str(art.parent / "outside" / "unet.bin")),
+        ["outside/unet.bin', which is not a path inside"],
+    ),
+    "symlinked component file": (
+        _in_place(lambda art, m: _symlink_out(art, "openvino/unet.bin")),
+        ["openvino/unet.bin leads outside the artifacts folder", "outside/unet.bin"],
+    ),
+    "symlinked tokenizer folder": (
+        _in_place(lambda art, m: _symlink_out(art, "tokenizer")),
+        ["tokenizer/tokenizer.json leads outside the artifacts folder"],
+    ),
+    "symlinked manifest": (
+        lambda art, m: _symlink_out(art, "manifest.json"),
+        ["manifest.json leads outside the artifacts folder"],
+    ),
+    "a number for a path list": (
+        _in_place(lambda art, m: m["components"]["unet"]["files"].update(openvino=5)),
+        ["components.unet.files.openvino must be a list, got 5"],
+    ),
+    "a string for a path list": (
+        _in_place(lambda art, m: m["components"]["unet"]["files"].update(openvino="openvino/unet.xml")),
+        ['components.unet.files.openvino must be a list, got "openvino/unet.xml"'],
+    ),
+    "a format without files": (
+        _in_place(lambda art, m: m["components"]["vae_decoder"]["files"].pop("openvino")),
+        ["components.vae_decoder.files.openvino is missing"],
+    ),
+    "missing family": (_in_place(lambda art, m: m.pop("family")), ["family is missing"]),
+    "unknown family": (_in_place(lambda art, m: m.update(family="sd9")), ["family 'sd9' is not a model family"]),
+    "missing component": (_in_place(lambda art, m: m["components"].pop("unet")), ["components.unet is missing"]),
+    "string height": (_in_place(lambda art, m: m.update(height="128")), ['height must be an integer, got "128"']),
+    "a list for the file hashes": (
+        _in_place(lambda art, m: m.update(files=sorted(m["files"]))),
+        ["files must be an object"],
+    ),
+    "a shape as text": (
+        _in_place(lambda art, m: m["components"]["unet"]["inputs"][0].update(shape="1x4x16x16")),
+        ['components.unet.inputs[0].shape must be a list, got "1x4x16x16"'],
+    ),
+    "a list for the manifest": (lambda art, m: [m], ["the manifest must be an object"]),
+}
+
+
+@pytest.mark.parametrize("case", MANIFEST_EDITS)
+def test_hand_edited_manifest_is_refused(tmp_path, sd_artifacts, case):
+    edit, fragments = MANIFEST_EDITS[case]
+    art = linked_copy(sd_artifacts, tmp_path / "art")
+    written = edit(art, json.loads((art / "manifest.json").read_text()))
+    if written is not None:
+        (art / "manifest.json").write_text(json.dumps(written))
+    for backend in ("openvino", "onnxruntime"):
+        result = run_artifacts(art, tmp_path / "x.png", backend)
+        assert_one_line_error(result, *fragments)
+        assert not (tmp_path / "x.png").exists()
+
+
+# ---- artifact files truncated or changed on disk: refused before anything is loaded ----
+
+
+def _own_copy(path: Path) -> None:
+    """Break a hard link, so that editing `path` leaves the original alone."""
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize(
+    "rel,backend",
+    [
+        ("tokenizer/tokenizer.json", "openvino"),
+        ("onnx/unet/model.onnx", "onnxruntime"),
+        ("openvino/unet.bin", "openvino"),
+    ],
+)
+@pytest.mark.parametrize("change", ["truncated", "a flipped byte", "a flipped byte, modification time kept"])
+def test_a_modified_artifact_file_is_refused(tmp_path, sd_artifacts, rel, backend, change):
+    art = linked_copy(sd_artifacts, tmp_path / "art")
+    _own_copy(art / rel)
+    Artifacts.load(art).verify({"openvino": "openvino", "onnxruntime": "onnx"}[backend])  # its digest remembered
+    stat = (art / rel).stat()
+    if change == "truncated":
+        os.truncate(art / rel, stat.st_size // 2)
+    else:
+        flip_middle_byte(art / rel)
+    if change.endswith("kept"):  # as a copy that preserves times would leave it
+        os.utime(art / rel, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = run_artifacts(art, tmp_path / "x.png", backend)
+    assert_one_line_error(result, f"{rel} was modified", "export again")
+    assert not (tmp_path / "x.png").exists()
+
+
+# ---- the OpenVINO compile cache: an entry changed on disk is compiled again, never used ----
+
+
+def test_a_modified_compile_cache_entry_is_compiled_again(tmp_path, sd_artifacts):
+    """OpenVINO itself compiles again over a truncated blob but computes with one whose byte was flipped; the
+    backend checks every entry against the sha256 it recorded when the entry was written."""
+    import numpy as np
+    from PIL import Image
+
+    from turbo_runtime.files import sha256_file
+
+    env = {"TURBO_RUNTIME_CACHE": str(tmp_path / "cache")}  # compiled afresh, recorded by this test's runs
+    args = ["turbo-run", "--artifacts", str(sd_artifacts), "--backend", "openvino", "--prompt", "a fox", "--seed", "1"]
+    first = run_cli(*args, "--out", str(tmp_path / "first.png"), env=env)
+    assert first.returncode == 0, first.stderr
+    blobs = {b.parent.name.rsplit("-", 1)[0]: b for b in (tmp_path / "cache" / "openvino-cache").glob("*/*.blob")}
+    assert sorted(blobs) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
+    for blob in blobs.values():
+        assert blob.with_name(blob.name + ".sha256").read_text().strip() == sha256_file(blob)
+        blob.chmod(0o644)  # OpenVINO writes them read-only
+    blobs["text_encoder"].with_name(blobs["text_encoder"].name + ".sha256").unlink()  # as if its writer died
+    os.truncate(blobs["unet"], blobs["unet"].stat().st_size // 2)
+    flip_middle_byte(blobs["vae_encoder"])
+    flip_middle_byte(blobs["vae_decoder"])
+    written = {name: blob.stat().st_mtime_ns for name, blob in blobs.items()}
+    second = run_cli(*args, "--out", str(tmp_path / "second.png"), env=env)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.count("was modified since it was written; compiling again") == 3, second.stderr
+    for name, blob in blobs.items():  # written again, and recorded
+        assert blob.stat().st_mtime_ns != written[name], name
+        assert blob.with_name(blob.name + ".sha256").read_text().strip() == sha256_file(blob), name
+    images = [np.asarray(Image.open(tmp_path / f"{run}.png")) for run in ("first", "second")]
+    assert np.array_equal(*images)
