@@ -246,6 +246,7 @@ def export_model(config: ExportConfig) -> Path:
         if foreign and not config.force:
             raise ArtifactError(f"{out} exists and does not hold turbo-runtime artifacts; pass --force to replace it")
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would keep the installed folder from other users
         try:
             manifest = _export_into(tmp, source, vae, config)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -261,6 +262,17 @@ def export_model(config: ExportConfig) -> Path:
             _remove(tmp)  # the unfinished folder, or the old artifacts swapped out of place
             _remove(_aside(tmp))
     return out
+
+
+def _umask() -> int:
+    """The process' umask, read without setting it (os.umask would change it for every thread meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:

@@ -179,5 +179,6 @@ def test_bench_survives_a_worker_killed_mid_run(tmp_path):
     assert len(report["raw"]["onnxruntime"]["runs"]) < 20  # the runs it finished are kept
     assert report["groups"] == [["onnxruntime", "torch"]]
     table = (out / "results.md").read_text()
-    assert f"| onnxruntime | float32 | failed: {reason} |" in table and "| torch |" in table
+    precision = report["raw"]["onnxruntime"]["precision"]  # what the engine reported it computes in
+    assert f"| onnxruntime | {precision} | failed: {reason} |" in table and "| torch |" in table
     assert (out / "results.png").is_file()

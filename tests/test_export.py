@@ -389,3 +389,13 @@ def test_resolve_refuses_a_file(tmp_path):
         from export.sources import resolve
 
         resolve(str(f))
+
+
+def test_installed_artifacts_follow_the_umask(sd_artifacts):
+    """Readable by whoever the umask lets read them, as any folder made with mkdir would be (not mkdtemp's 0700)."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(sd_artifacts.stat().st_mode) == 0o777 & ~umask
