@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -111,7 +110,7 @@ async def img2img(body: Img2Img, request: Request) -> dict:
         raise ApiError(400, "inpainting (mask) is not supported; send init_images without a mask")
     if len(body.init_images) != 1:
         raise ApiError(400, f"init_images must hold one picture, got {len(body.init_images)}")
-    image = await asyncio.to_thread(
+    image = await service.off_loop(
         decode_base64_image, body.init_images[0], service.settings.max_image_pixels, "init_images"
     )
     result = await service.generate(body.to_request(service, image=image, strength=body.denoising_strength), request)

@@ -42,7 +42,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         service.worker.start()
         yield
-        service.worker.close(timeout=settings.timeout)
+        service.close(timeout=settings.timeout)
 
     # No /docs page: FastAPI's loads its scripts from a CDN, and this server works offline; /openapi.json stays.
     app = FastAPI(title="turbo-runtime", lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -3,7 +3,6 @@ they are. Extension fields: seed, steps, guidance_scale, negative_prompt, and st
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import time
@@ -23,7 +22,7 @@ def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:  # async: a sync dependency would hop to a thread pool
     service_of(request).check_key(request)
 
 
@@ -125,7 +124,7 @@ async def edits(request: Request) -> dict:
             raise RequestValidationError(e.errors()) from None
         data = await files[0].read()
     max_pixels = service.settings.max_image_pixels
-    image = await asyncio.to_thread(decode_image, data, max_pixels)
+    image = await service.off_loop(decode_image, data, max_pixels)
     result = await service.generate(fields.to_request(service, image=image, strength=fields.strength), request)
     return await respond(service, fields, result)
 

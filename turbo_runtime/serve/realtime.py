@@ -111,7 +111,7 @@ class Session:
             image = None
             if fields.image:
                 max_pixels = service.settings.max_image_pixels
-                image = await asyncio.to_thread(decode_base64_image, fields.image, max_pixels)
+                image = await service.off_loop(decode_base64_image, fields.image, max_pixels)
             if fields.seed < -1:
                 raise ApiError(400, f"seed must be -1 (random) or at least 0, got {fields.seed}", param="seed")
             request = ImageRequest(

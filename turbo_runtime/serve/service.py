@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from starlette.requests import HTTPConnection, Request
 
@@ -18,6 +20,7 @@ from turbo_runtime.serve.metrics import Metrics
 from turbo_runtime.serve.worker import Overloaded, Worker
 
 log = logging.getLogger("turbo_runtime.serve")
+CODEC_THREADS = 2
 
 
 class ClientGone(Exception):
@@ -36,6 +39,12 @@ class Service:
         self.draining = False  # set on SIGTERM: new requests get 503 while the running ones finish
         self.metrics = Metrics()
         self.worker = Worker(source, settings.max_queue, self.metrics, on_ready, on_failed)
+        # A pool of its own, started in full now: thread counts stay flat under load (a leak would show), and the
+        # event loop's default executor is left to the libraries.
+        self.codec = ThreadPoolExecutor(max_workers=CODEC_THREADS, thread_name_prefix="turbo-codec")
+        started = threading.Barrier(CODEC_THREADS)
+        for future in [self.codec.submit(started.wait) for _ in range(CODEC_THREADS)]:
+            future.result()
 
     @property
     def pipeline(self) -> TurboPipeline:
@@ -141,4 +150,12 @@ class Service:
                 for pixels, seed in zip(result.images, result.seeds)
             ]
 
-        return await asyncio.to_thread(encode_all)
+        return await self.off_loop(encode_all)
+
+    async def off_loop(self, function, *args):
+        """Run picture coding (PIL) beside the event loop, on the service's own two threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.codec, function, *args)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.worker.close(timeout)
+        self.codec.shutdown(wait=False)
