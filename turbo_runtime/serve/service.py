@@ -33,7 +33,7 @@ class Service:
         on_failed: Callable[[Exception], None] | None = None,
     ):
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics({"replica": settings.replica} if settings.replica else None)
         self.worker = Worker(source, settings.max_queue, self.metrics, on_ready, on_failed)
 
     @property
@@ -66,7 +66,7 @@ class Service:
             "default_steps": pipe.family.default_steps,
             "guided": pipe.family.guided,
             "max_steps": self.settings.max_steps,
-        }
+        } | ({"replica": self.settings.replica} if self.settings.replica else {})
 
     def check_key(self, connection: HTTPConnection) -> None:
         """401 unless the server has no key or the request carries "Authorization: Bearer KEY"."""
