@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from turbo_runtime.errors import TurboError
+from turbo_runtime.errors import InputError, TurboError
 from turbo_runtime.pipeline import TurboPipeline
 from turbo_runtime.serve.generation import ImageRequest, ImageResult
 from turbo_runtime.serve.metrics import Metrics
@@ -36,8 +36,9 @@ class Overloaded(Exception):
 
 @dataclass
 class Job:
-    request: ImageRequest
+    request: ImageRequest | None  # None: `task` instead
     deadline: float  # time.monotonic() after which the job is not started any more
+    task: Callable[[TurboPipeline], object] | None = None  # a call on the pipeline that is not an image (self-test)
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -60,12 +61,24 @@ class Worker:
         self.on_ready, self.on_failed = on_ready, on_failed
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._durations: deque[float] = deque(maxlen=20)  # recent job seconds, for Retry-After
+        self.running_since: float | None = None  # time.monotonic() when the running job started; None: idle
+        self.finished = 0  # jobs run to the end, failed or not: the health check's evidence of progress
+        self.failed_in_a_row = 0  # image jobs that raised (bad input aside) since the last that succeeded
+        self.last_failure: str | None = None
         self._thread = threading.Thread(target=self._main, name="turbo-worker", daemon=True)
         metrics.queue_depth.set_function(self._queue.qsize)
 
     @property
     def ready(self) -> bool:
         return self.pipeline is not None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def idle(self) -> bool:
+        return self.running_since is None and self._queue.empty()
 
     def start(self) -> None:
         self._thread.start()
@@ -88,7 +101,13 @@ class Worker:
 
     def submit(self, request: ImageRequest, timeout: float) -> Future:
         """Queue a checked request; raises Overloaded when the queue is full."""
-        job = Job(request, time.monotonic() + timeout)
+        return self._put(Job(request, time.monotonic() + timeout))
+
+    def call(self, task: Callable[[TurboPipeline], object], timeout: float) -> Future:
+        """Queue `task(pipeline)` to run on this thread, the pipeline's only caller; raises Overloaded."""
+        return self._put(Job(None, time.monotonic() + timeout, task))
+
+    def _put(self, job: Job) -> Future:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -122,14 +141,24 @@ class Worker:
                 self.metrics.skipped.labels("timeout").inc()
                 job.future.set_exception(TimeoutError("the request waited in the queue past its timeout"))
                 continue
-            started = time.monotonic()
+            started = self.running_since = time.monotonic()
             try:
+                if job.task is not None:
+                    job.future.set_result(job.task(self.pipeline))
+                    continue
                 result = self._run(job.request)
             except Exception as e:  # one request's failure is its own: the next one is served as usual
                 job.future.set_exception(e)
+                if job.request is not None and not isinstance(e, InputError):
+                    self.failed_in_a_row += 1
+                    self.last_failure = f"{type(e).__name__}: {e}"
             else:
                 result.timings["queue"] = started - job.enqueued
                 job.future.set_result(result)
+                self.failed_in_a_row = 0
+            finally:
+                self.running_since = None
+                self.finished += 1
             self._durations.append(time.monotonic() - started)
 
     def _run(self, request: ImageRequest) -> ImageResult:
