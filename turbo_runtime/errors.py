@@ -31,6 +31,10 @@ class HealthError(TurboError):
     """A served pipeline cannot generate: its worker stopped, hangs, or its self-test fails (a cluster replaces it)."""
 
 
+class ClusterError(TurboError):
+    """Ray Serve could not start, reach or keep the replicas of a deployment."""
+
+
 class ParityError(TurboError):
     """An exported component disagrees with PyTorch beyond the tolerance of its precision."""
 
