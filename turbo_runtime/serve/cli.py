@@ -196,6 +196,8 @@ def _serve_on_ray(args: argparse.Namespace, source, settings) -> int:
         source.check()  # this machine runs every replica: fail before starting Ray
         with _listen(args.host, args.port) as sock:  # a taken port fails now; --port 0 picks one for Ray
             port = sock.getsockname()[1]
+    elif not 1 <= args.port <= 65535:  # every node's proxy listens on it: a free port here proves nothing there
+        raise InputError(f"--port must be from 1 to 65535 with --ray-address, got {args.port}")
     else:
         port = args.port
     url = _url(args.host, port)
