@@ -12,10 +12,13 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -105,6 +108,21 @@ def test_cli_serves_on_ray_and_leaves_no_process(sd_artifacts, pipe):
             assert response.headers["x-turbo-replica"]
             assert np.array_equal(decode(response.json()["data"][0]["b64_json"]), expected(pipe, "a red fox", 4))
     # serve_process stopped it with SIGTERM and checked exit code 0
+    assert_none_left(mark)
+
+
+def test_load_benchmark_on_ray_replicas(sd_artifacts, tmp_path):
+    """benchmarks/serve_bench.py --ray, briefly: locust against two replicas, and nothing left running."""
+    args = ["--artifacts", str(sd_artifacts), "--backend", BACKEND, "--threads", "1", "--ray", "--replicas", "2"]
+    args += ["--replica-cpus", "1", "--users", "2", "--duration", "3", "--calls", "0", "--frames", "0"]
+    with marked_environment() as mark:
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.serve_bench", *args, "--out", str(tmp_path)],
+            capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    load = json.loads((tmp_path / "results.json").read_text())["load"]
+    assert load[0]["users"] == 2 and load[0]["requests"] > 0 and load[0]["failures"] == 0
     assert_none_left(mark)
 
 
