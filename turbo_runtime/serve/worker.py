@@ -143,23 +143,26 @@ class Worker:
                 continue
             started = self.running_since = time.monotonic()
             try:
-                if job.task is not None:
-                    job.future.set_result(job.task(self.pipeline))
-                    continue
-                result = self._run(job.request)
+                result = job.task(self.pipeline) if job.task is not None else self._run(job.request)
             except Exception as e:  # one request's failure is its own: the next one is served as usual
-                job.future.set_exception(e)
-                if job.request is not None and not isinstance(e, InputError):
-                    self.failed_in_a_row += 1
-                    self.last_failure = f"{type(e).__name__}: {e}"
+                result, error = None, e
             else:
-                result.timings["queue"] = started - job.enqueued
+                error = None
+            # The bookkeeping a health check reads is done before the waiter wakes up and may ask again.
+            self.running_since = None
+            self.finished += 1
+            if job.request is not None:
+                self._durations.append(time.monotonic() - started)
+                if error is None:
+                    self.failed_in_a_row = 0
+                    result.timings["queue"] = started - job.enqueued
+                elif not isinstance(error, InputError):
+                    self.failed_in_a_row += 1
+                    self.last_failure = f"{type(error).__name__}: {error}"
+            if error is None:
                 job.future.set_result(result)
-                self.failed_in_a_row = 0
-            finally:
-                self.running_since = None
-                self.finished += 1
-            self._durations.append(time.monotonic() - started)
+            else:
+                job.future.set_exception(error)
 
     def _run(self, request: ImageRequest) -> ImageResult:
         result = ImageResult(request, [], [], 0)
