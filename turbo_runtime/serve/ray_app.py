@@ -172,11 +172,15 @@ def cluster(options: RayOptions, verbose: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
-        if options.address is None:
-            serve.shutdown()
-        elif serve.status().applications.get(APP) is not None:
-            serve.delete(APP)
-        ray.shutdown()
+        try:
+            if options.address is None:
+                serve.shutdown()
+            elif serve.status().applications.get(APP) is not None:
+                serve.delete(APP)
+        except Exception as e:  # a cluster gone already: disconnect all the same
+            log.warning("Ray Serve did not shut down cleanly: %s", _last_line(str(e)))
+        finally:
+            ray.shutdown()
 
 
 def deploy(
