@@ -26,7 +26,6 @@ from turbo_runtime.serve.config import PipelineSource, ServeSettings
 log = logging.getLogger("turbo_runtime.serve")
 APP = "turbo"  # the Ray Serve application's name
 DEPLOYMENT = "turbo"
-REPLICA_HEADER = "x-turbo-replica"
 TARGET_ONGOING = 2  # autoscaling's aim per replica: one request generating and one waiting, so none idles
 # Ray picks the node's address even for a cluster of one; this makes a local cluster bind to the loopback only.
 # Read when ray is imported, in this process and the ones it starts.
