@@ -3,11 +3,14 @@ server's overhead against the in-process pipeline call, and the time per frame i
 
     python -m benchmarks.serve_bench --artifacts artifacts/sd-turbo-fast --backend openvino --threads 2 \\
         --users 1 2 8 --duration 60 --out bench-results/serve
+    python -m benchmarks.serve_bench ... --ray --replicas 2 --replica-cpus 1 --threads 1 --calls 0 --frames 0
+    python -m benchmarks.serve_bench --url http://10.0.0.5:8000 --users 8 --calls 0 --frames 0   # a running server
 
-Steps, one after another on the same machine: turbo-serve started as users start it; --calls calls of the pipeline
-in this process alternated with the same requests through the server (the overhead); locust headless for
---duration seconds per concurrency; headless Chromium on the page, timing --frames frames. Results: results.json
-and results.md in --out.
+Steps, one after another on the same machine: turbo-serve started as users start it (with --ray: on a local Ray
+cluster, --replicas replicas of --replica-cpus CPUs and --threads engine threads each), or the server at --url;
+--calls calls of the pipeline in this process alternated with the same requests through the server (the overhead;
+0 skips it); locust headless for --duration seconds per concurrency; headless Chromium on the page, timing
+--frames frames (0 skips it). Results: results.json and results.md in --out.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @dataclass(frozen=True)
 class ServeBenchConfig:
-    artifacts: Path
+    artifacts: Path | None  # None: the server at `url`
     backend: str = "openvino"
     device: str | None = None
     dtype: str | None = None
@@ -52,6 +55,10 @@ class ServeBenchConfig:
     calls: int = 20  # in-process calls alternated with server calls
     frames: int = 20  # page frames timed in the browser; 0 skips the browser
     out: Path = Path("bench-results/serve")
+    url: str | None = None  # a running server instead of starting one
+    ray: bool = False  # turbo-serve --ray: replicas on a local Ray cluster
+    replicas: int = 1
+    replica_cpus: float | None = None
 
 
 def post(url: str, body: dict) -> dict:
@@ -112,11 +119,19 @@ def turbo_serve(args: list[str]):
 
 @contextmanager
 def served(config: ServeBenchConfig):
+    """The server under test: a running one at --url, or turbo-serve (on Ray replicas with --ray) started here."""
+    if config.url is not None:
+        yield config.url.rstrip("/")
+        return
     args = ["--artifacts", str(config.artifacts), "--backend", config.backend]
     args += ["--max-queue", str(max(16, 2 * max(config.users)))]
     for flag, value in (("--device", config.device), ("--dtype", config.dtype), ("--threads", config.threads)):
         if value is not None:
             args += [flag, str(value)]
+    if config.ray:
+        args += ["--ray", "--replicas", str(config.replicas)]
+        if config.replica_cpus is not None:
+            args += ["--replica-cpus", f"{config.replica_cpus:g}"]
     with turbo_serve(args) as (url, _):
         yield url
 
@@ -180,7 +195,8 @@ def run(config: ServeBenchConfig) -> dict:
     config.out.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(), "config": {k: str(v) for k, v in asdict(config).items()}}
     with served(config) as url:
-        results["overhead"] = overhead(config, url)
+        if config.calls:
+            results["overhead"] = overhead(config, url)
         results["load"] = [locust(url, n, config.duration, config.out / f"locust-{n}") for n in config.users]
         if config.frames:
             results["browser"] = browser(url, config.frames)
@@ -200,13 +216,14 @@ def table(results: dict) -> str:
             f"{r['p99_ms']:.0f} ms | {r['failures']} of {r['requests']} |"
         )
     lines.append("")
-    o = results["overhead"]
-    lines.append(
-        f"One client, alternated with the in-process call ({o['calls']} each): in-process "
-        f"{o['in_process_median_s'] * 1000:.0f} ms, through the server {o['http_median_s'] * 1000:.0f} ms "
-        f"({o['fraction']:+.1%}); the server adds {o['added_median_s'] * 1000:.1f} ms to its pipeline's "
-        f"{o['server_pipeline_median_s'] * 1000:.0f} ms (medians)."
-    )
+    if "overhead" in results:
+        o = results["overhead"]
+        lines.append(
+            f"One client, alternated with the in-process call ({o['calls']} each): in-process "
+            f"{o['in_process_median_s'] * 1000:.0f} ms, through the server {o['http_median_s'] * 1000:.0f} ms "
+            f"({o['fraction']:+.1%}); the server adds {o['added_median_s'] * 1000:.1f} ms to its pipeline's "
+            f"{o['server_pipeline_median_s'] * 1000:.0f} ms (medians)."
+        )
     if "browser" in results:
         b = results["browser"]
         lines.append(
@@ -220,7 +237,9 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--artifacts", type=Path, required=True, help="folder written by turbo-export")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--artifacts", type=Path, help="folder written by turbo-export: start turbo-serve on it")
+    target.add_argument("--url", help="load a running server instead (needs --calls 0: no artifacts here)")
     p.add_argument("--backend", default="openvino")
     p.add_argument("--device")
     p.add_argument("--dtype")
@@ -230,12 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=20, help="in-process calls alternated with server calls (default 20)")
     p.add_argument("--frames", type=int, default=20, help="page frames timed in the browser; 0 skips it")
     p.add_argument("--out", type=Path, default=Path("bench-results/serve"))
+    p.add_argument("--ray", action="store_true", help="turbo-serve --ray: replicas on a local Ray cluster")
+    p.add_argument("--replicas", type=int, default=1, help="with --ray (default 1)")
+    p.add_argument("--replica-cpus", type=float, help="with --ray: CPUs per replica (turbo-serve's default: 1)")
     args = p.parse_args(argv)
-    if min(args.users) < 1 or args.duration <= 0 or args.calls < 1 or args.frames < 0:
-        raise InputError("--users and --calls must be at least 1, --duration above 0, --frames at least 0")
+    if min(args.users) < 1 or args.duration <= 0 or args.calls < 0 or args.frames < 0:
+        raise InputError("--users must be at least 1, --duration above 0, --calls and --frames at least 0")
+    if args.url and (args.calls or args.ray):
+        raise InputError("--url loads a running server: give --calls 0, and no --ray")
     config = ServeBenchConfig(
         args.artifacts, args.backend, args.device, args.dtype, args.threads, tuple(args.users), args.duration,
-        args.calls, args.frames, args.out,
+        args.calls, args.frames, args.out, args.url, args.ray, args.replicas, args.replica_cpus,
     )  # fmt: skip
     results = run(config)
     print(table(results), end="")

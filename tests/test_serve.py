@@ -352,6 +352,62 @@ def test_timeout_answers_504(pipe):
         assert response.status_code == 504 and "timeout of 0.5 s" in response.json()["error"]["message"]
 
 
+# ---- health: what a cluster asks every replica -----------------------------------------------------------------
+
+
+def test_health_check_self_test_and_failures_in_a_row(pipe):
+    """What a cluster asks each replica every few seconds (Service.check_health), without a cluster."""
+    import asyncio
+
+    from turbo_runtime.errors import HealthError
+    from turbo_runtime.serve.config import ServeSettings
+    from turbo_runtime.serve.generation import ImageRequest
+    from turbo_runtime.serve.service import FAILURES_IN_A_ROW, Service
+
+    class Breakable:
+        def __init__(self):
+            self.broken = False
+
+        def __getattr__(self, name):
+            return getattr(pipe, name)
+
+        def encode_prompt(self, prompt):
+            if self.broken:
+                raise RuntimeError("the engine is gone")
+            return pipe.encode_prompt(prompt)
+
+        def __call__(self, *args, **kwargs):
+            if self.broken:
+                raise RuntimeError("the engine is gone")
+            return pipe(*args, **kwargs)
+
+    breakable = Breakable()
+    service = Service(lambda: breakable, ServeSettings())
+    service.worker.start()
+
+    async def scenario() -> None:
+        await service.check_health()
+        breakable.broken = True
+        with pytest.raises(HealthError, match="the self-test failed: RuntimeError: the engine is gone"):
+            await service.check_health()
+        breakable.broken = False
+        await service.check_health()
+        breakable.broken = True
+        for seed in range(FAILURES_IN_A_ROW):
+            with pytest.raises(Exception, match="generation failed"):
+                await service.generate(ImageRequest("x", seed=seed))
+        breakable.broken = False  # the self-test passes, but the requests failed one after another
+        with pytest.raises(HealthError, match=f"the last {FAILURES_IN_A_ROW} generations failed: RuntimeError"):
+            await service.check_health()
+        await service.generate(ImageRequest("x", seed=0))
+        await service.check_health()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        service.worker.close(timeout=30)
+
+
 # ---- realtime --------------------------------------------------------------------------------------------------
 
 

@@ -27,6 +27,14 @@ class SourceError(TurboError):
     """The model source (hub id, folder, replica) cannot be resolved or fails its lock check."""
 
 
+class HealthError(TurboError):
+    """A served pipeline cannot generate: its worker stopped, hangs, or its self-test fails (a cluster replaces it)."""
+
+
+class ClusterError(TurboError):
+    """Ray Serve could not start, reach or keep the replicas of a deployment."""
+
+
 class ParityError(TurboError):
     """An exported component disagrees with PyTorch beyond the tolerance of its precision."""
 

@@ -427,7 +427,8 @@ class TurboPipeline:
             raise InputError(f"{label} must have shape {(n, *self.latent_shape[1:])}, got {value.shape}")
         return value
 
-    def _encode(self, prompt: str) -> Conditioning:
+    def encode_prompt(self, prompt: str) -> Conditioning:
+        """One prompt through the tokenizers and text encoders: the conditioning before SDXL's time ids."""
         return self.backend.encode_text(tuple(tok(prompt) for tok in self.tokenizers))
 
     def _time_ids(self, negative: bool) -> np.ndarray:
@@ -441,7 +442,7 @@ class TurboPipeline:
         self, prompt: str, negative_prompt: str | None, guided: bool
     ) -> tuple[Conditioning, Conditioning | None]:
         """The prompt's conditioning and, with guidance, the unconditional branch's."""
-        cond = self._encode(prompt)
+        cond = self.encode_prompt(prompt)
         uncond = None
         if guided:
             if negative_prompt is None and self.options.get("force_zeros_for_empty_prompt"):
@@ -450,7 +451,7 @@ class TurboPipeline:
                     None if cond.text_embeds is None else np.zeros_like(cond.text_embeds),
                 )
             else:
-                uncond = self._encode(negative_prompt or "")
+                uncond = self.encode_prompt(negative_prompt or "")
         if cond.text_embeds is not None:
             cond = replace(cond, time_ids=self._time_ids(negative=False))
             if uncond is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -88,7 +89,8 @@ def create_app(
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
         service.check_key(request)
-        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        text = await asyncio.to_thread(service.metrics.render)  # appended sources may read over the network
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -108,8 +110,29 @@ def create_app(
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["x-turbo-replica"] if settings.replica else [],
         )
+    if settings.replica:
+        app.add_middleware(ReplicaHeader, replica=settings.replica)  # outermost: every answer says who answered
     return app
+
+
+class ReplicaHeader:
+    """Name the replica that answered, in the header x-turbo-replica of every HTTP response."""
+
+    def __init__(self, app: ASGIApp, replica: str):
+        self.app, self.header = app, (b"x-turbo-replica", replica.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named)
 
 
 class LimitBody:

@@ -50,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
         "--cors-origin", action="append", default=[], help="allow browser calls from this origin (repeatable)"
     )
     p.add_argument("--name", help="the model name clients see (default: the artifacts' model id)")
+    ray = p.add_argument_group('Ray Serve (pip install "turbo-runtime[ray]")')
+    ray.add_argument("--ray", action="store_true", help="serve from Ray Serve replicas, one pipeline each")
+    ray.add_argument("--replicas", type=int, help="replicas (default 1)")
+    ray.add_argument("--min-replicas", type=int, help="autoscale by ongoing requests between this and --max-replicas")
+    ray.add_argument("--max-replicas", type=int, help="the most replicas autoscaling starts")
+    ray.add_argument("--replica-cpus", type=float, help="CPUs each replica reserves (default 1; pair with --threads)")
+    ray.add_argument("--replica-gpus", type=float, help="GPUs each replica reserves (default 0)")
+    ray.add_argument(
+        "--ray-address", help="join this Ray cluster (ray start --head prints it); default: start a local one"
+    )
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.add_argument("--quiet", action="store_true", help="errors only")
     return p
@@ -139,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         width=args.width,
         quiet=args.quiet,
     )
+    if args.ray:
+        return _serve_on_ray(args, source, settings)
+    ray_flags = ("replicas", "min_replicas", "max_replicas", "replica_cpus", "replica_gpus", "ray_address")
+    if any(getattr(args, name) is not None for name in ray_flags):
+        raise InputError("--replicas, --min-replicas, --max-replicas, --replica-* and --ray-address need --ray")
     source.check()
     sock = _listen(args.host, args.port)
     url = _url(args.host, sock.getsockname()[1])
@@ -181,6 +196,64 @@ def main(argv: list[str] | None = None) -> int:
             raise error
         print(f"error: loading the pipeline failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, source, settings) -> int:
+    """The same app on Ray Serve replicas, until SIGTERM or Ctrl-C; a local cluster goes with the server."""
+    import dataclasses
+    import threading
+
+    from turbo_runtime.serve import ray_app
+
+    if args.artifacts is None:
+        raise InputError("--ray serves exported artifacts: give --artifacts, a folder every node can read")
+    options = ray_app.RayOptions(
+        replicas=1 if args.replicas is None else args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        replica_cpus=1.0 if args.replica_cpus is None else args.replica_cpus,
+        replica_gpus=0.0 if args.replica_gpus is None else args.replica_gpus,
+        address=args.ray_address,
+    )
+    if options.autoscaling and args.replicas is not None:
+        raise InputError("give --replicas, or --min-replicas and --max-replicas, not both")
+    # Replicas may run on other machines, in other folders: they get the absolute path.
+    source = dataclasses.replace(source, artifacts=args.artifacts.expanduser().resolve())
+    if options.address is None:
+        source.check()  # this machine runs every replica: fail before starting Ray
+        with _listen(args.host, args.port) as sock:  # a taken port fails now; --port 0 picks one for Ray
+            port = sock.getsockname()[1]
+    elif not 1 <= args.port <= 65535:  # every node's proxy listens on it: a free port here proves nothing there
+        raise InputError(f"--port must be from 1 to 65535 with --ray-address, got {args.port}")
+    else:
+        port = args.port
+    url = _url(args.host, port)
+    stop = threading.Event()
+    with ray_app.cluster(options, verbose=args.verbose):
+        if not args.quiet:
+            where = f"the Ray cluster at {options.address}" if options.address else "a local Ray cluster"
+            count = (
+                f"{options.min_replicas} to {options.max_replicas}" if options.autoscaling else str(options.replicas)
+            )
+            print(
+                f"turbo-serve: listening on {url}; loading {args.artifacts} on {args.backend} in {count} "
+                f"replicas on {where}",
+                flush=True,
+            )
+        start = time.monotonic()
+        info = ray_app.deploy(source, settings, options, args.host, port, verbose=args.verbose)
+        what = f"{info['model']} on {info['backend']} {info['device']} {info['precision']}"
+        seconds = time.monotonic() - start
+        print(
+            f"ready: {url}/ ({what}, {info['width']}x{info['height']}; replicas ready in {seconds:.1f} s)", flush=True
+        )
+        if settings.api_key is None and not ipaddress.ip_address(socket.gethostbyname(args.host)).is_loopback:
+            log.warning("listening beyond this machine without an API key: anyone who reaches %s can generate", url)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1):  # wakes for signals on every platform
+            pass
     return 0
 
 

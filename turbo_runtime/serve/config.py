@@ -21,6 +21,7 @@ class ServeSettings:
     max_image_pixels: int = 4096 * 4096  # uploaded init images, checked from the header before decoding
     cors_origins: tuple[str, ...] = ()  # none: no CORS headers, browsers allow same-origin calls only
     model_name: str | None = None  # the name clients see; default: the artifacts' model id
+    replica: str | None = None  # in a cluster, this server's name: the x-turbo-replica header and a metrics label
 
     def __post_init__(self):
         for name in ("max_queue", "max_body_bytes", "max_prompt_chars", "max_images", "max_steps", "max_image_pixels"):

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.metrics_core import Metric
 
 STAGES = ("queue", "text_encoder", "vae_encoder", "unet", "vae_decoder", "total")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
-    def __init__(self):
+    """`labels` go on every sample (a replica's name: each replica of a cluster counts on its own); `appended`
+    functions return exposition text added after ours (the cluster's own metrics)."""
+
+    def __init__(self, labels: dict[str, str] | None = None):
+        self.labels = dict(labels or {})
+        self.appended: list[Callable[[], bytes]] = []
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -36,4 +44,17 @@ class Metrics:
         self.images.inc(images)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        ours = generate_latest(_Labelled(self.registry, self.labels) if self.labels else self.registry)
+        return b"".join([ours, *(text() for text in self.appended)])
+
+
+class _Labelled:
+    """A registry's metrics with constant labels added to every sample."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]):
+        self.registry, self.labels = registry, labels
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            metric.samples = [s._replace(labels={**self.labels, **s.labels}) for s in metric.samples]
+            yield metric

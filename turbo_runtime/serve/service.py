@@ -6,12 +6,14 @@ import asyncio
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from starlette.requests import HTTPConnection, Request
 
-from turbo_runtime.errors import InputError
+from turbo_runtime.errors import HealthError, InputError
 from turbo_runtime.pipeline import TurboPipeline, image_text
 from turbo_runtime.serve.config import ServeSettings
 from turbo_runtime.serve.errors import ApiError
@@ -21,6 +23,13 @@ from turbo_runtime.serve.worker import Overloaded, Worker
 
 log = logging.getLogger("turbo_runtime.serve")
 CODEC_THREADS = 2
+FAILURES_IN_A_ROW = 3  # generations that raised, one after another, before the health check fails
+
+
+def _self_test(pipeline: TurboPipeline) -> None:
+    cond = pipeline.encode_prompt("")
+    if not np.isfinite(cond.encoder_hidden_states).all():
+        raise HealthError("the text encoder's output is not finite")
 
 
 class ClientGone(Exception):
@@ -37,7 +46,7 @@ class Service:
     ):
         self.settings = settings
         self.draining = False  # set on SIGTERM: new requests get 503 while the running ones finish
-        self.metrics = Metrics()
+        self.metrics = Metrics({"replica": settings.replica} if settings.replica else None)
         self.worker = Worker(source, settings.max_queue, self.metrics, on_ready, on_failed)
         # A pool of its own, started in full now: thread counts stay flat under load (a leak would show), and the
         # event loop's default executor is left to the libraries.
@@ -76,7 +85,52 @@ class Service:
             "default_steps": pipe.family.default_steps,
             "guided": pipe.family.guided,
             "max_steps": self.settings.max_steps,
-        }
+        } | ({"replica": self.settings.replica} if self.settings.replica else {})
+
+    async def check_health(self, timeout: float = 10.0) -> None:
+        """Raise HealthError unless this server can generate, cheaply enough to ask every few seconds.
+
+        While the worker is busy, its progress is the evidence (a job that runs past the request timeout is
+        not progress); while it is idle, a self-test: the prompt "" through the tokenizers and text encoders on
+        the worker thread, whose output must be finite. A full image would prove more and cost a UNet and VAE
+        call per check at full size; those stages are proven once when a cluster replica starts (one warm-up
+        image) and, after that, by the requests themselves: FAILURES_IN_A_ROW of them failing fails the check.
+        """
+        worker = self.worker
+        if worker.error is not None:
+            raise HealthError(f"the model could not be loaded: {worker.error}")
+        if not worker.alive:
+            raise HealthError("the worker thread has stopped")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not worker.ready:  # loading: a replica is not healthy before it can serve
+            if loop.time() > deadline:
+                raise HealthError(f"the model is still loading after {timeout:g} s")
+            await asyncio.sleep(0.05)
+        if worker.failed_in_a_row >= FAILURES_IN_A_ROW:
+            raise HealthError(f"the last {worker.failed_in_a_row} generations failed: {worker.last_failure}")
+        since = worker.running_since
+        if since is not None:
+            if time.monotonic() - since > self.settings.timeout:
+                raise HealthError(f"one generation has run for more than the {self.settings.timeout:g} s timeout")
+            return
+        finished = worker.finished
+        try:
+            future = worker.call(_self_test, timeout)
+        except Overloaded:  # the queue filled since: busy, and the running job is checked next time
+            return
+        waiting = asyncio.wrap_future(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), timeout)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            future.cancel()  # a self-test still queued is skipped
+            if worker.finished > finished:  # queued behind requests that ran: busy, not stuck
+                return
+            raise HealthError(f"the self-test did not finish within {timeout:g} s") from None
+        except HealthError:
+            raise
+        except Exception as e:
+            raise HealthError(f"the self-test failed: {type(e).__name__}: {e}") from None
 
     def check_key(self, connection: HTTPConnection) -> None:
         """401 unless the server has no key or the request carries "Authorization: Bearer KEY"."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from turbo_runtime.errors import TurboError
+from turbo_runtime.errors import InputError, TurboError
 from turbo_runtime.pipeline import TurboPipeline
 from turbo_runtime.serve.generation import ImageRequest, ImageResult
 from turbo_runtime.serve.metrics import Metrics
@@ -36,8 +36,9 @@ class Overloaded(Exception):
 
 @dataclass
 class Job:
-    request: ImageRequest
+    request: ImageRequest | None  # None: `task` instead
     deadline: float  # time.monotonic() after which the job is not started any more
+    task: Callable[[TurboPipeline], object] | None = None  # a call on the pipeline that is not an image (self-test)
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -60,6 +61,10 @@ class Worker:
         self.on_ready, self.on_failed = on_ready, on_failed
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._durations: deque[float] = deque(maxlen=20)  # recent job seconds, for Retry-After
+        self.running_since: float | None = None  # time.monotonic() when the running job started; None: idle
+        self.finished = 0  # jobs run to the end, failed or not: the health check's evidence of progress
+        self.failed_in_a_row = 0  # image jobs that raised (bad input aside) since the last that succeeded
+        self.last_failure: str | None = None
         self._outstanding = 0  # jobs queued or running
         self._count = threading.Lock()
         self._thread = threading.Thread(target=self._main, name="turbo-worker", daemon=True)
@@ -70,8 +75,12 @@ class Worker:
         return self.pipeline is not None
 
     @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def idle(self) -> bool:
-        """No job running and none queued."""
+        """No job running and none queued (counted at once, so no gap between taking a job and starting it)."""
         return self._outstanding == 0
 
     def start(self) -> None:
@@ -86,8 +95,7 @@ class Worker:
                 break
             if job is not None:
                 job.future.cancel()
-                with self._count:
-                    self._outstanding -= 1
+                self._done()
         try:
             self._queue.put(None, timeout=1)
         except queue.Full:
@@ -97,7 +105,13 @@ class Worker:
 
     def submit(self, request: ImageRequest, timeout: float) -> Future:
         """Queue a checked request; raises Overloaded when the queue is full."""
-        job = Job(request, time.monotonic() + timeout)
+        return self._put(Job(request, time.monotonic() + timeout))
+
+    def call(self, task: Callable[[TurboPipeline], object], timeout: float) -> Future:
+        """Queue `task(pipeline)` to run on this thread, the pipeline's only caller; raises Overloaded."""
+        return self._put(Job(None, time.monotonic() + timeout, task))
+
+    def _put(self, job: Job) -> Future:
         with self._count:
             try:
                 self._queue.put_nowait(job)
@@ -105,6 +119,10 @@ class Worker:
                 raise Overloaded(self._retry_after()) from None
             self._outstanding += 1
         return job.future
+
+    def _done(self) -> None:
+        with self._count:
+            self._outstanding -= 1
 
     def _retry_after(self) -> int:
         per_job = sorted(self._durations)[len(self._durations) // 2] if self._durations else 1.0
@@ -127,8 +145,7 @@ class Worker:
             self.on_ready(pipeline, time.monotonic() - start)
         while (job := self._queue.get()) is not None:
             self._run_job(job)
-            with self._count:
-                self._outstanding -= 1
+            self._done()
 
     def _run_job(self, job: Job) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -138,15 +155,28 @@ class Worker:
             self.metrics.skipped.labels("timeout").inc()
             job.future.set_exception(TimeoutError("the request waited in the queue past its timeout"))
             return
-        started = time.monotonic()
+        started = self.running_since = time.monotonic()
         try:
-            result = self._run(job.request)
+            result = job.task(self.pipeline) if job.task is not None else self._run(job.request)
         except Exception as e:  # one request's failure is its own: the next one is served as usual
-            job.future.set_exception(e)
+            result, error = None, e
         else:
-            result.timings["queue"] = started - job.enqueued
+            error = None
+        # The bookkeeping a health check reads is done before the waiter wakes up and may ask again.
+        self.running_since = None
+        self.finished += 1
+        if job.request is not None:
+            self._durations.append(time.monotonic() - started)
+            if error is None:
+                self.failed_in_a_row = 0
+                result.timings["queue"] = started - job.enqueued
+            elif not isinstance(error, InputError):
+                self.failed_in_a_row += 1
+                self.last_failure = f"{type(error).__name__}: {error}"
+        if error is None:
             job.future.set_result(result)
-        self._durations.append(time.monotonic() - started)
+        else:
+            job.future.set_exception(error)
 
     def _run(self, request: ImageRequest) -> ImageResult:
         result = ImageResult(request, [], [], 0)
