@@ -134,6 +134,7 @@ def serve_in_thread(pipeline, source=None, **settings):
     app = create_app(source or (lambda: pipeline), ServeSettings(**settings))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections wait in the backlog until uvicorn has started
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
     thread.start()
