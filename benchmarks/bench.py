@@ -29,6 +29,7 @@ import numpy as np
 
 from benchmarks.flops import matmul_peak, per_stage, stage_flops
 from turbo_runtime.cli import cli_errors, setup_logging
+from turbo_runtime.cpu import detect as detect_cpu
 from turbo_runtime.errors import InputError, TurboError
 from turbo_runtime.spec import FORMATS
 
@@ -200,7 +201,9 @@ def compare_images(image: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def machine() -> dict:
+    """Where the figures were measured; `cpu_class` is the class the automatic choice reads (turbo_runtime.cpu)."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count()}
+    info["cpu_class"] = detect_cpu().name
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         info["cpu"] = next(

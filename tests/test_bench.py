@@ -14,6 +14,7 @@ import pytest
 from conftest import SIZE, run_cli
 
 from benchmarks.bench import MEMORY_MARGIN, Worker, WorkerFailed, fits_beside
+from turbo_runtime.cpu import detect as detect_cpu
 
 
 def test_bench_writes_json_table_and_chart(tmp_path):
@@ -41,6 +42,7 @@ def test_bench_writes_json_table_and_chart(tmp_path):
     report = json.loads((out / "results.json").read_text())
     assert set(report) >= {"created", "config", "machine", "artifacts", "groups", "raw", "results", "skipped"}
     assert {"cpu", "cores", "versions"} <= set(report["machine"])
+    assert report["machine"]["cpu_class"] == detect_cpu().name  # every result says which class it measured
     assert set(report["results"]) == {"torch", "onnxruntime", "openvino", "diffusers"}
     assert "optimum-intel" in report["skipped"]  # a missing peer is listed, not dropped
     for name, r in report["results"].items():
@@ -57,6 +59,7 @@ def test_bench_writes_json_table_and_chart(tmp_path):
     assert report["results"]["torch"]["accuracy_vs_torch_fp32"]["max_abs"] == 0
     assert report["results"]["onnxruntime"]["accuracy_vs_torch_fp32"]["max_abs"] <= 1
     table = (out / "results.md").read_text()
+    assert f"(CPU class {detect_cpu().name})" in table
     for name in report["results"]:
         assert f"| {name} |" in table
     assert "Skipped optimum-intel" in table
