@@ -29,6 +29,7 @@ import numpy as np
 
 from benchmarks.flops import matmul_peak, per_stage, stage_flops
 from turbo_runtime.cli import cli_errors, setup_logging
+from turbo_runtime.cpu import detect as detect_cpu
 from turbo_runtime.errors import InputError, TurboError
 from turbo_runtime.spec import FORMATS
 
@@ -47,7 +48,8 @@ class BenchConfig:
     model: str
     backends: tuple[str, ...] = BACKENDS
     peers: tuple[str, ...] = ()
-    peer_python: tuple[tuple[str, str], ...] = ()  # (peer, python of its own environment)
+    peer_python: tuple[tuple[str, str], ...] = ()  # (peer, python of its own environment); default: its cache env
+    peer_setup: bool = True  # create a missing peer environment (benchmarks/peers/setup.py); False: skip that peer
     dtype: str | None = None
     precision: str = "fp32"
     steps: int | None = None  # None: the model family's default
@@ -200,7 +202,9 @@ def compare_images(image: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def machine() -> dict:
+    """Where the figures were measured; `cpu_class` is the class the automatic choice reads (turbo_runtime.cpu)."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count()}
+    info["cpu_class"] = detect_cpu().name
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         info["cpu"] = next(
@@ -219,6 +223,43 @@ def machine() -> dict:
             pass
     info["versions"] = versions
     return info
+
+
+def peer_pythons(
+    peers: Sequence[str], given: dict[str, str], setup: bool, quiet: bool = False
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Each peer's interpreter: given with --peer-python, else its environment in the cache, made on first use
+    (announced first: it downloads several GB) unless `setup` is off. Returns (peer -> python, peer -> why
+    skipped)."""
+    from benchmarks.peers import setup as peer_envs
+
+    pythons, skipped = {}, {}
+    for peer in peers:
+        if peer in given:
+            pythons[peer] = given[peer]
+            continue
+        python = peer_envs.ready(peer)
+        if python is None and not setup:
+            skipped[peer] = (
+                f"its environment {peer_envs.env_dir(peer)} does not exist: create it with "
+                f"`{peer_envs.command(peer)}`, or pass --peer-python {peer}=PYTHON"
+            )
+            continue
+        if python is None:
+            print(
+                f"turbo-bench: {peer} needs an environment of its own; creating {peer_envs.env_dir(peer)} from "
+                f"benchmarks/peers/{peer_envs.PEERS[peer][0]} (several GB, once; --peer-python {peer}=PYTHON uses "
+                "another, --no-peer-setup skips the peer)",
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                python = peer_envs.create(peer, quiet=quiet)
+            except peer_envs.SetupFailed as e:
+                skipped[peer] = str(e)
+                continue
+        pythons[peer] = str(python)
+    return pythons, skipped
 
 
 def _run_group(group: list[Worker], config: BenchConfig, images: Path, raw: dict, failed: dict, bar) -> None:
@@ -333,15 +374,14 @@ def run_bench(config: BenchConfig) -> dict:
     subjects = [(b, config.dtype) for b in config.backends]
     subjects += [("diffusers", None)] * ("diffusers" in config.peers)
     skipped = {}
-    for peer in _PEER_SCRIPTS:
-        if peer not in config.peers:
-            continue
-        if family.guided:
-            skipped[peer] = f"its script runs turbo models (no guidance), not {family.name}"
-        elif peer in dict(config.peer_python):
-            subjects.append((peer, config.dtype))
-        else:
-            skipped[peer] = f"no --peer-python {peer}=PYTHON: it needs its own environment (benchmarks/peers/README.md)"
+    wanted = [p for p in _PEER_SCRIPTS if p in config.peers]
+    if family.guided:
+        skipped.update({p: f"its script runs turbo models (no guidance), not {family.name}" for p in wanted})
+        wanted = []
+    pythons, unavailable = peer_pythons(wanted, dict(config.peer_python), config.peer_setup, config.quiet)
+    skipped.update(unavailable)
+    subjects += [(peer, config.dtype) for peer in pythons]
+    config = replace(config, peer_python=tuple(pythons.items()))  # results.json records the interpreters used
     reference_in_runs = ("torch", config.dtype) in subjects and config.dtype in (None, "float32")
     if not reference_in_runs:
         subjects.append(("torch-reference", "float32"))
@@ -475,7 +515,13 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="PEER=PYTHON",
-        help="interpreter of a peer's own environment, e.g. optimum-intel=/venvs/oi/bin/python",
+        help="interpreter of a peer's own environment (default: the one benchmarks/peers/setup.py makes in the cache "
+        "folder, made on first use)",
+    )
+    p.add_argument(
+        "--no-peer-setup",
+        action="store_true",
+        help="skip a peer whose environment does not exist yet instead of creating it",
     )
     p.add_argument("--dtype", help="inference precision for every backend (default: each backend's best)")
     p.add_argument("--precision", default="fp32", help="export precision of the artifacts")
@@ -507,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         backends=tuple(args.backends),
         peers=tuple(args.peers),
         peer_python=pairs,
+        peer_setup=not args.no_peer_setup,
         dtype=args.dtype,
         precision=args.precision,
         steps=args.steps,

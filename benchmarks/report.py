@@ -38,7 +38,7 @@ def markdown(report: dict) -> str:
         f"# turbo-bench: {cfg['model']}, {cfg['height']}x{cfg['width']}, {cfg['steps']} step(s), "
         f"{cfg['runs']} runs after {cfg['warmup']} warm-up",
         "",
-        f"{report['created']} · {m.get('cpu', '?')} · {m.get('cores')} cores · "
+        f"{report['created']} · {m.get('cpu', '?')} (CPU class {m.get('cpu_class', '?')}) · {m.get('cores')} cores · "
         + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
         "",
         "| subject | precision | end to end, median (min–max) s | text enc s | UNet step s | VAE decode s "

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from turbo_runtime.auto import AUTO
 from turbo_runtime.cli import cli_errors, setup_logging
-from turbo_runtime.spec import FAMILIES, FORMATS, PRECISIONS, TINY_VAE, default_formats
+from turbo_runtime.spec import FAMILIES, FORMATS, PRECISIONS, TINY_VAE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,8 +19,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, help="artifacts folder (default: in the cache, keyed by model, shape, precision)"
     )
-    p.add_argument("--format", nargs="+", default=None, metavar="FMT", help=f"{' '.join(FORMATS)} (default: both)")
-    p.add_argument("--precision", default="fp32", metavar="P", help=f"{' | '.join(PRECISIONS)} (default fp32)")
+    p.add_argument(
+        "--format",
+        nargs="+",
+        default=None,
+        metavar="FMT",
+        help=f"{' '.join(FORMATS)} (default: both; with --precision auto, the chosen backend's)",
+    )
+    p.add_argument(
+        "--precision",
+        default=AUTO,
+        metavar="P",
+        help=f"{AUTO} | {' | '.join(PRECISIONS)} (default {AUTO}: the fastest at full quality for this CPU's class, "
+        "shown with --verbose)",
+    )
     p.add_argument("--height", type=int, help="image height (default: the model's, 1024 for SDXL base, else 512)")
     p.add_argument("--width", type=int, help="image width (default: the model's)")
     p.add_argument(
@@ -62,11 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from export.exporter import ExportConfig, export_model
 
-    formats = tuple(args.format) if args.format else default_formats(args.precision)
     config = ExportConfig(
         args.model,
         out=args.out,
-        formats=formats,
+        formats=tuple(args.format) if args.format else None,
         precision=args.precision,
         height=args.height,
         width=args.width,

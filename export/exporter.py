@@ -19,9 +19,10 @@ from importlib import metadata
 from pathlib import Path
 
 from turbo_runtime.artifacts import FORMAT_VERSION, MANIFEST, Artifacts
+from turbo_runtime.auto import AUTO, export_choice
 from turbo_runtime.errors import ArtifactError, InputError, MissingDependency, TurboError
 from turbo_runtime.files import cache_root, sha256_files
-from turbo_runtime.spec import FORMATS, PRECISIONS, check_size, component_io
+from turbo_runtime.spec import FORMATS, PRECISIONS, check_size, component_io, default_formats
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ _FORMAT_PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
 class ExportConfig:
     model: str
     out: Path | None = None  # default: a folder in the cache keyed by model, shape and precision
-    formats: tuple[str, ...] = FORMATS
-    precision: str = "fp32"
+    formats: tuple[str, ...] | None = None  # None: the precision's default formats; with auto, the chosen backend's
+    precision: str = AUTO  # one of PRECISIONS, or auto: the fastest full-quality one for this CPU (turbo_runtime.auto)
     height: int | None = None  # default: the family's size (1024 for SDXL base and refiner, else 512)
     width: int | None = None
     force: bool = False  # replace an output folder that holds something other than artifacts
@@ -49,6 +50,18 @@ class ExportConfig:
     quiet: bool = False
 
 
+def resolve_precision(config: ExportConfig) -> ExportConfig:
+    """The config with a concrete precision and formats: `auto` resolved for this CPU, the choice logged."""
+    if config.precision != AUTO:
+        formats = default_formats(config.precision) if config.formats is None else config.formats
+        return replace(config, formats=formats)
+    choice, formats = export_choice(config.formats)
+    log.info(
+        "cpu class: %s; precision %s for %s: %s", choice.cpu, choice.precision, " and ".join(formats), choice.reason
+    )
+    return replace(config, precision=choice.precision, formats=formats)
+
+
 def check_config(config: ExportConfig) -> None:
     if config.height is not None or config.width is not None:
         check_size(config.height or 512, config.width or 512)
@@ -56,7 +69,7 @@ def check_config(config: ExportConfig) -> None:
     if unknown:
         raise InputError(f"unknown format {unknown[0]!r}; choose from: {', '.join(FORMATS)}")
     if config.precision not in PRECISIONS:
-        raise InputError(f"unknown precision {config.precision!r}; choose from: {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {config.precision!r}; choose from: {', '.join((AUTO, *PRECISIONS))}")
     if config.unet_batch not in (1, 2):
         raise InputError(f"--unet-batch must be 1 or 2, got {config.unet_batch}")
     if config.precision == "int8-hybrid" and "onnx" in config.formats:
@@ -210,7 +223,10 @@ def _size(n: int) -> str:
 
 
 def export_model(config: ExportConfig) -> Path:
-    """Export `config.model`; returns the artifacts folder (reused when source, shape and precision match)."""
+    """Export `config.model`; returns the artifacts folder (reused when source, shape and precision match).
+
+    `--precision auto` is resolved first, so the folder and the manifest carry the concrete precision."""
+    config = resolve_precision(config)
     check_config(config)
     _require("torch", "diffusers", "transformers")
     for fmt in config.formats:

@@ -63,6 +63,7 @@ class Served:
 
     def __init__(self, url: str, proc: subprocess.Popen, stderr):
         self.url, self.proc, self._stderr = url, proc, stderr
+        self.ready_line = ""
 
     @property
     def stderr(self) -> str:
@@ -85,8 +86,8 @@ def serve_process(*args: str, ready: bool = True, env: dict | None = None):
             assert first.startswith("turbo-serve: listening on http://127.0.0.1:"), (first, served.stderr)
             served.url = first.split()[3].rstrip(";")
             if ready:
-                line = proc.stdout.readline()
-                assert line.startswith(f"ready: {served.url}/"), (line, served.stderr)
+                served.ready_line = proc.stdout.readline()
+                assert served.ready_line.startswith(f"ready: {served.url}/"), (served.ready_line, served.stderr)
             yield served
         finally:
             if proc.poll() is None:

@@ -14,6 +14,7 @@ import pytest
 from conftest import SIZE, run_cli
 
 from benchmarks.bench import MEMORY_MARGIN, Worker, WorkerFailed, fits_beside
+from turbo_runtime.cpu import detect as detect_cpu
 
 
 def test_bench_writes_json_table_and_chart(tmp_path):
@@ -33,6 +34,7 @@ def test_bench_writes_json_table_and_chart(tmp_path):
         "--peers",
         "diffusers",
         "optimum-intel",
+        "--no-peer-setup",
         "--out",
         str(out),
         "--quiet",
@@ -41,8 +43,10 @@ def test_bench_writes_json_table_and_chart(tmp_path):
     report = json.loads((out / "results.json").read_text())
     assert set(report) >= {"created", "config", "machine", "artifacts", "groups", "raw", "results", "skipped"}
     assert {"cpu", "cores", "versions"} <= set(report["machine"])
+    assert report["machine"]["cpu_class"] == detect_cpu().name  # every result says which class it measured
     assert set(report["results"]) == {"torch", "onnxruntime", "openvino", "diffusers"}
     assert "optimum-intel" in report["skipped"]  # a missing peer is listed, not dropped
+    assert "`python benchmarks/peers/setup.py optimum-intel`" in report["skipped"]["optimum-intel"]
     for name, r in report["results"].items():
         raw = report["raw"][name]
         assert len(raw["runs"]) == 3
@@ -57,6 +61,7 @@ def test_bench_writes_json_table_and_chart(tmp_path):
     assert report["results"]["torch"]["accuracy_vs_torch_fp32"]["max_abs"] == 0
     assert report["results"]["onnxruntime"]["accuracy_vs_torch_fp32"]["max_abs"] <= 1
     table = (out / "results.md").read_text()
+    assert f"(CPU class {detect_cpu().name})" in table
     for name in report["results"]:
         assert f"| {name} |" in table
     assert "Skipped optimum-intel" in table
@@ -182,3 +187,70 @@ def test_bench_survives_a_worker_killed_mid_run(tmp_path):
     precision = report["raw"]["onnxruntime"]["precision"]  # what the engine reported it computes in
     assert f"| onnxruntime | {precision} | failed: {reason} |" in table and "| torch |" in table
     assert (out / "results.png").is_file()
+
+
+def test_peer_environments_live_in_the_cache_folder(tmp_path, monkeypatch, capsys):
+    """A peer's environment is found under <cache>/peer-envs/<peer> once complete and made from the current pins;
+    turbo-bench uses it without --peer-python, and creating a missing one is announced (nothing is created here)."""
+    from benchmarks.bench import peer_pythons
+    from benchmarks.peers import setup as peer_envs
+    from turbo_runtime.files import cache_root
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("TURBO_RUNTIME_CACHE", raising=False)
+    assert peer_envs.env_dir("optimum-onnx") == tmp_path / "xdg" / "turbo-runtime" / "peer-envs" / "optimum-onnx"
+    monkeypatch.setenv("TURBO_RUNTIME_CACHE", str(tmp_path / "cache"))
+    assert peer_envs.cache_root() == cache_root() == tmp_path / "cache"  # the runtime's own rule
+    folder = tmp_path / "cache" / "peer-envs" / "optimum-intel"
+
+    venv, torch_first, requirements, check = peer_envs.plan("optimum-intel", "python3")
+    python = folder / "bin" / "python"
+    assert venv == ["python3", "-m", "venv", str(folder)]
+    assert torch_first == [str(python), "-m", "pip", "install", "torch==2.14.1", "torchvision==0.29.1"]
+    pinned = Path(requirements[-1]).read_text().splitlines()
+    assert requirements[-2:-1] == ["-r"] and {"torch==2.14.1", "torchvision==0.29.1"} <= set(pinned)
+    assert check == [str(python), "-m", "pip", "check"]
+    assert "torch==2.13.0" in peer_envs.plan("optimum-onnx")[1]
+
+    python.parent.mkdir(parents=True)
+    python.touch()
+    assert peer_envs.ready("optimum-intel") is None  # no marker: an interrupted creation
+    (folder / peer_envs.MARKER).write_text(json.dumps({"requirements_sha256": "0" * 64}))
+    assert peer_envs.ready("optimum-intel") is None  # made from other pins
+    (folder / peer_envs.MARKER).write_text(
+        json.dumps({"requirements_sha256": peer_envs.requirements_sha256("optimum-intel")})
+    )
+    assert peer_envs.ready("optimum-intel") == python
+
+    pythons, skipped = peer_pythons(["optimum-intel", "optimum-onnx"], {}, setup=False)
+    assert pythons == {"optimum-intel": str(python)}
+    assert skipped["optimum-onnx"] == (
+        f"its environment {tmp_path / 'cache' / 'peer-envs' / 'optimum-onnx'} does not exist: create it with "
+        "`python benchmarks/peers/setup.py optimum-onnx`, or pass --peer-python optimum-onnx=PYTHON"
+    )
+    assert peer_pythons(["optimum-intel"], {"optimum-intel": "py"}, setup=False) == ({"optimum-intel": "py"}, {})
+
+    def fail(peer: str, quiet: bool = False):
+        raise peer_envs.SetupFailed(f"creating failed; retry with: {peer_envs.command(peer)}")
+
+    monkeypatch.setattr(peer_envs, "create", fail)
+    pythons, skipped = peer_pythons(["optimum-onnx"], {}, setup=True)
+    assert pythons == {} and skipped == {
+        "optimum-onnx": "creating failed; retry with: python benchmarks/peers/setup.py optimum-onnx"
+    }
+    assert "turbo-bench: optimum-onnx needs an environment of its own; creating" in capsys.readouterr().err
+
+
+def test_peer_setup_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "peers" / "setup.py"
+    env = {**os.environ, "TURBO_RUNTIME_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, str(script), "optimum-intel", "--dry-run"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "cache" / "peer-envs" / "optimum-intel"
+    assert result.stdout.splitlines()[0] == f"optimum-intel: {folder} (to be made)"
+    assert f"{folder}/bin/python -m pip install torch==2.14.1 torchvision==0.29.1" in result.stdout
+    assert not (tmp_path / "cache").exists()
+    bad = subprocess.run([sys.executable, str(script), "optimum-nothing"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

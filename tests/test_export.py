@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import SIZE, assert_one_line_error, run_cli
 
-from export.exporter import ExportConfig, export_model
+from export.exporter import ExportConfig, default_out, export_model
 from export.replicas import build_pipeline, replica_path
+from turbo_runtime.auto import FULL_QUALITY_PSNR_DB, POLICIES, export_choice
 from turbo_runtime.errors import ArtifactError, SourceError
 from turbo_runtime.files import sha256_file
 from turbo_runtime.pipeline import TurboPipeline
@@ -30,7 +31,7 @@ def files_on_disk(root: Path) -> set[str]:
 @pytest.mark.parametrize("model", ["tiny-sd-turbo", "tiny-sdxl-turbo"])
 def test_cli_export_writes_every_format_with_hashes(tmp_path, model):
     out = tmp_path / "art"
-    result = run_cli("turbo-export", model, "--out", str(out), *SMALL)
+    result = run_cli("turbo-export", model, "--out", str(out), "--precision", "fp32", *SMALL)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -61,10 +62,48 @@ def test_cli_export_writes_every_format_with_hashes(tmp_path, model):
     assert manifest["components"]["unet"]["inputs"][0]["shape"] == [1, 4, SIZE // 8, SIZE // 8]
 
 
+def test_cli_export_defaults_to_the_cpus_full_quality_precision():
+    """--precision auto (the default) exports the chosen backend's format at a concrete precision, into a folder keyed
+    by it, so a second run reuses it; --verbose says what was chosen and why."""
+    choice, formats = export_choice(None)
+    args = ("turbo-export", "tiny-sd-turbo", "--height", str(SIZE), "--width", str(SIZE), "--verbose")
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    out = Path(result.stdout.strip())
+    assert out == default_out("tiny-sd-turbo", SIZE, SIZE, choice.precision)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["precision"], manifest["formats"]) == (choice.precision, list(formats))
+    assert f"cpu class: {choice.cpu}; precision {choice.precision} for {formats[0]}: {choice.reason}" in result.stderr
+    again = run_cli(*args)
+    assert again.returncode == 0 and again.stdout == result.stdout and "reusing artifacts" in again.stderr
+
+
+# Every (backend, export precision) the decision table can pick; the torch backend computes float32 whatever it is.
+AUTO_PATHS = sorted({(b, p) for policy in POLICIES.values() for b, p, _ in policy.precisions if b != "torch"})
+
+
+@pytest.mark.parametrize("backend,precision", AUTO_PATHS)
+def test_what_auto_chooses_stays_within_the_full_quality_bound(export_tiny, sd_artifacts, backend, precision):
+    """Each path the decision table can pick, in each arithmetic its backend may run it in here, gives the image of
+    float32 on the same latents within FULL_QUALITY_PSNR_DB (measured at full size in benchmarks/README.md; here on
+    the tiny replica)."""
+    art = sd_artifacts if precision == "fp32" else export_tiny("tiny-sd-turbo", precision, ("onnx", "openvino"))
+    reference = TurboPipeline.from_artifacts(sd_artifacts, "openvino", dtype="float32")
+    expected = np.asarray(reference("a red fox", seed=3).images[0], dtype=np.float64)
+    dtypes = [None] if backend == "onnxruntime" else ["float32", None]  # float32, and bf16 where the CPU has it
+    for dtype in dtypes:
+        image = TurboPipeline.from_artifacts(art, backend, dtype=dtype)("a red fox", seed=3).images[0]
+        mse = np.mean((np.asarray(image, dtype=np.float64) - expected) ** 2)
+        psnr = 10 * np.log10(255**2 / mse) if mse else np.inf
+        assert psnr >= FULL_QUALITY_PSNR_DB, (backend, precision, dtype, psnr)
+
+
 def test_saved_folder_exports_exactly_like_the_replica(tmp_path, sd_artifacts):
     folder = tmp_path / "folder"
     build_pipeline("tiny-sd-turbo").save_pretrained(folder)
-    out = export_model(ExportConfig(str(folder), out=tmp_path / "art", height=SIZE, width=SIZE, quiet=True))
+    out = export_model(
+        ExportConfig(str(folder), out=tmp_path / "art", precision="fp32", height=SIZE, width=SIZE, quiet=True)
+    )
     ours, replica = (json.loads((d / "manifest.json").read_text()) for d in (out, sd_artifacts))
     assert ours["model"]["kind"] == "folder" and ours["model"]["variant"] is None
     component_files = {k: v for k, v in replica["files"].items() if k.startswith(("onnx/", "openvino/"))}
@@ -76,7 +115,9 @@ def test_fp16_variant_folder_exports_and_agrees(tmp_path, sd_artifacts):
     build_pipeline("tiny-sd-turbo").to(torch.float16).save_pretrained(folder, variant="fp16")
     assert (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
     assert not (folder / "unet" / "diffusion_pytorch_model.safetensors").exists()
-    out = export_model(ExportConfig(str(folder), out=tmp_path / "art", height=SIZE, width=SIZE, quiet=True))
+    out = export_model(
+        ExportConfig(str(folder), out=tmp_path / "art", precision="fp32", height=SIZE, width=SIZE, quiet=True)
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["variant"] == "fp16"
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in manifest["model"]["files"]
@@ -90,7 +131,9 @@ def test_fp16_variant_folder_exports_and_agrees(tmp_path, sd_artifacts):
 def test_reuse_when_unchanged_and_rebuild_when_the_source_changes(tmp_path):
     folder = tmp_path / "folder"
     shutil.copytree(replica_path("tiny-sd-turbo"), folder)
-    config = ExportConfig(str(folder), out=tmp_path / "art", height=SIZE, width=SIZE, formats=("onnx",), quiet=True)
+    config = ExportConfig(
+        str(folder), out=tmp_path / "art", height=SIZE, width=SIZE, formats=("onnx",), precision="fp32", quiet=True
+    )
     out = export_model(config)
     first = json.loads((out / "manifest.json").read_text())
     stamp = (out / "manifest.json").stat().st_mtime_ns
@@ -368,7 +411,7 @@ def test_output_folder_holding_something_else(tmp_path):
 def test_missing_package_names_the_extra(tmp_path, package):
     code = (
         f"import sys; sys.modules[{package!r}] = None; from export.cli import main; "
-        f"sys.exit(main(['tiny-sd-turbo', '--out', {str(tmp_path / 'art')!r}, '--quiet']))"
+        f"sys.exit(main(['tiny-sd-turbo', '--out', {str(tmp_path / 'art')!r}, '--precision', 'fp32', '--quiet']))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert_one_line_error(result, f"needs the {package} package", 'pip install "turbo-runtime[export]"')

@@ -15,7 +15,9 @@ from conftest import BACKENDS, SIZE, assert_one_line_error, run_cli
 from PIL import Image
 
 from turbo_runtime.artifacts import Artifacts
+from turbo_runtime.auto import choose
 from turbo_runtime.backends import create_backend
+from turbo_runtime.cpu import detect as detect_cpu
 from turbo_runtime.errors import InputError
 from turbo_runtime.pipeline import MAX_IMAGES, TurboPipeline
 from turbo_runtime.sampler import NoiseSource
@@ -28,7 +30,8 @@ def png_text(path) -> dict:
 
 
 def test_default_command_generates_an_image_from_the_builtin_replica(tmp_path):
-    """The README's quickstart: export on first use at the default 512x512, then generate, no download."""
+    """The README's quickstart: export on first use at the default 512x512 and this CPU's full-quality precision,
+    then generate, no download."""
     result = run_cli(
         "turbo-run",
         "--model",
@@ -46,13 +49,17 @@ def test_default_command_generates_an_image_from_the_builtin_replica(tmp_path):
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "fox.png") as im:
         assert im.size == (512, 512) and im.mode == "RGB"
-    assert png_text(tmp_path / "fox.png") == {
+    text = png_text(tmp_path / "fox.png")
+    choice = choose("openvino")  # the precision was left to auto: the PNG says what it chose and why
+    assert text.pop("choice") == str(choice) and choice.chose == ("precision",)
+    assert text == {
         "prompt": "a red fox in the snow",
         "seed": "7",
         "steps": "1",
         "model": "tiny-sd-turbo",
         "backend": "openvino",
         "software": "turbo-runtime",
+        "cpu_class": detect_cpu().name,
     }
 
 
@@ -87,6 +94,22 @@ def test_cli_round_trip_on_each_backend(tmp_path, sdxl_artifacts, backend):
     first, second = (np.asarray(Image.open(p)) for p in paths)
     assert first.shape == (SIZE, SIZE, 3) and not np.array_equal(first, second)
     assert png_text(paths[0])["backend"] == backend and png_text(paths[0])["steps"] == "2"
+    # Backend given: the class and the precision are reported, and no choice is recorded
+    assert f"cpu class: {detect_cpu()}; backend {backend}, precision fp32 (computing in f32): given" in result.stderr
+    assert png_text(paths[0])["cpu_class"] == detect_cpu().name and "choice" not in png_text(paths[0])
+
+
+def test_cli_auto_backend_takes_what_the_artifacts_hold(tmp_path, export_tiny):
+    """The default --backend auto: OpenVINO where its files are, else ONNX Runtime, with the reason logged and saved."""
+    onnx_only = export_tiny("tiny-sd-turbo", "fp32", ("onnx",))
+    result, out = _run(onnx_only, tmp_path, "--verbose", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    choice = png_text(out)["choice"]
+    assert choice.startswith("backend onnxruntime, precision fp32: openvino: the artifacts hold no openvino files; ")
+    assert f"cpu class: {detect_cpu()}; backend onnxruntime, precision fp32 (computing in f32): " in result.stderr
+    assert png_text(out)["backend"] == "onnxruntime"
+    expected = TurboPipeline.from_artifacts(onnx_only, "onnxruntime")("x", seed=2).images[0]
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
 
 
 def test_cli_image_to_image(tmp_path, sd_artifacts):
@@ -186,6 +209,7 @@ def _run(artifacts, tmp_path, *args):
         (["--dtype", "int4"], ["unknown dtype 'int4'"]),
         (["--vae", "tiny"], ["--vae is an export option, for --model"]),
         (["--backend", "onnxruntime", "--device", "tpu"], ["unknown onnxruntime device 'tpu'"]),
+        (["--device", "CPU"], ["--device CPU names a device of one backend: give --backend with it"]),
     ],
 )
 def test_bad_input(tmp_path, sd_artifacts, args, fragments):

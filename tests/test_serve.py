@@ -23,6 +23,7 @@ from conftest import SIZE, assert_one_line_error, run_cli
 from PIL import Image
 from serving import Held, bomb_png, decode, gif_bytes, png_bytes, png_text, serve_in_thread, serve_process
 
+from turbo_runtime.cpu import detect as detect_cpu
 from turbo_runtime.pipeline import TurboPipeline
 
 BACKEND = "onnxruntime"  # float32 on every CPU: the server's pixels equal the in-process pipeline's exactly
@@ -307,6 +308,7 @@ def test_ready_is_503_while_loading(pipe):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert ready.json()["status"] == "ready" and ready.json()["backend"] == BACKEND
+        assert ready.json()["cpu_class"] == detect_cpu().name
 
 
 def test_full_queue_answers_503_and_a_gone_client_is_skipped(pipe):
@@ -542,6 +544,16 @@ def test_every_backend_serves_the_pipelines_pixels(sd_artifacts):
             local = TurboPipeline.from_artifacts(sd_artifacts, backend, dtype="float32")
             served = decode(response.json()["data"][0]["b64_json"])
             assert np.abs(served.astype(int) - expected(local, "x", seed=3).astype(int)).max() <= 1
+
+
+def test_default_backend_is_chosen_for_the_cpu_and_reported(sd_artifacts):
+    """No --backend: auto takes OpenVINO (installed, and the artifacts hold its IR); the ready line names the CPU
+    class, --verbose the reason, /ready both."""
+    with serve_process("--artifacts", str(sd_artifacts), "--verbose") as served:
+        assert "on openvino CPU " in served.ready_line and f"cpu class {detect_cpu().name};" in served.ready_line
+        ready = httpx.get(f"{served.url}/ready", timeout=5).json()
+        assert (ready["backend"], ready["cpu_class"]) == ("openvino", detect_cpu().name)
+        assert f"cpu class: {detect_cpu()}; backend openvino, precision fp32: " in served.stderr
 
 
 def test_a_failed_load_exits_2_with_the_reason(tmp_path, sd_artifacts):

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from turbo_runtime.auto import AUTO
 from turbo_runtime.backends import BACKENDS
 from turbo_runtime.backends.base import DTYPES
 from turbo_runtime.errors import InputError, TurboError
@@ -49,7 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--artifacts", type=Path, help="folder written by turbo-export")
     src.add_argument("--model", help="replica name, hub id in models.lock or diffusers folder (exported on first use)")
-    p.add_argument("--backend", default="openvino", help=f"one of: {', '.join(BACKENDS)} (default: openvino)")
+    p.add_argument(
+        "--backend",
+        default=AUTO,
+        help=f"{AUTO} or one of: {', '.join(BACKENDS)} (default {AUTO}: the first of openvino, onnxruntime, torch "
+        "installed that reads the artifacts; --verbose says why)",
+    )
     p.add_argument("--prompt", required=True, help="text prompt (may be empty)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--seed", type=int, help=f"noise seed, 0 to {SEED_BOUND - 1} (default: random, saved in the PNG)")
@@ -71,7 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, help="image-to-image strength in (0, 1] (default 0.5)")
     p.add_argument("--height", type=int, help="must match the exported shape (with --model: export shape)")
     p.add_argument("--width", type=int, help="must match the exported shape (with --model: export shape)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="with --model: export precision")
+    p.add_argument(
+        "--precision",
+        choices=(AUTO, *PRECISIONS),
+        default=AUTO,
+        help=f"with --model: export precision (default {AUTO}: the fastest at full quality for this CPU's class)",
+    )
     p.add_argument("--vae", help="with --model: a tiny VAE instead of the model's ('tiny': TAESD or TAESDXL)")
     p.add_argument("--device", help="torch: cpu|cuda; onnxruntime: cpu|cuda|openvino; openvino: CPU|GPU|NPU|AUTO")
     p.add_argument("--dtype", help=f"inference precision: {', '.join(DTYPES)} (default: the backend's best)")
@@ -150,10 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     from turbo_runtime.artifacts import MANIFEST, Artifacts
+    from turbo_runtime.auto import check_names
     from turbo_runtime.backends import backend_class
     from turbo_runtime.pipeline import Request, check_refiner, image_text
 
-    backend_class(args.backend)  # an unknown backend or a missing package fails before any export or load
+    check_names(args.backend, args.precision, args.device)
+    if args.backend != AUTO:
+        backend_class(args.backend)  # an unknown backend or a missing package fails before any export or load
     if args.image is not None and not args.image.is_file():
         raise InputError(f"init image {args.image} does not exist")
     if args.vae and not args.model:
@@ -195,6 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     for p in (pipe, refiner):
         if p is not None:
             p.progress = not args.quiet
+    choice = pipe.choice
+    log = logging.getLogger("turbo-run")
+    log.info(
+        "cpu class: %s; backend %s, precision %s (computing in %s): %s",
+        choice.cpu,
+        choice.backend,
+        choice.precision,
+        pipe.backend.inference_precision,
+        choice.reason,
+    )
     result = pipe(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -212,13 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         high_noise_frac=high_noise_frac,
         watermark=False if args.no_watermark else None,
     )
-    meta = image_text(request, result.seed, result.steps, pipe.artifacts.model_id, args.backend)
+    meta = image_text(request, result.seed, result.steps, pipe.artifacts.model_id, pipe.backend.name)
+    meta["cpu_class"] = choice.cpu.name
+    if choice.chose:  # what auto picked and why; a given backend and precision speak for themselves
+        meta["choice"] = str(choice)
     if refiner is not None:
         meta.update(refiner=refiner.artifacts.model_id, high_noise_frac=str(high_noise_frac))
     for image, path in zip(result.images, paths):
         _save_png(image, path, meta)
     t = result.timings
-    logging.getLogger("turbo-run").info(
+    log.info(
         "text %.3f s, unet %s s, vae decode %.3f s, total %.3f s",
         t["text_encoder"],
         " + ".join(f"{s:.3f}" for s in t["unet"] + t.get("refiner_unet", [])),

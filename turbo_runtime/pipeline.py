@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from turbo_runtime.artifacts import Artifacts
+from turbo_runtime.auto import AUTO, Choice, choose
 from turbo_runtime.backends import Backend, BackendOptions, Conditioning, create_backend
+from turbo_runtime.cpu import detect as detect_cpu
 from turbo_runtime.errors import InputError
 from turbo_runtime.sampler import NoiseSource, Sampler, scheduler_of
 from turbo_runtime.spec import Family
@@ -284,9 +286,11 @@ def rescale_noise_cfg(noise_cfg: np.ndarray, noise_text: np.ndarray, guidance_re
 class TurboPipeline:
     """Generate images from exported artifacts on any backend, with a diffusers-shaped call."""
 
-    def __init__(self, artifacts: Artifacts, backend: Backend):
+    def __init__(self, artifacts: Artifacts, backend: Backend, choice: Choice | None = None):
         self.artifacts = artifacts
         self.backend = backend
+        # The CPU class and how the backend and precision were chosen (`auto`), or that they were given.
+        self.choice = choice or Choice(detect_cpu(), backend.name, artifacts.precision, "given")
         self.family = artifacts.family
         self.tokenizers = [Tokenizer(artifacts.tokenizer_path(name)) for name in self.family.tokenizers]
         self.height, self.width = artifacts.height, artifacts.width
@@ -298,24 +302,27 @@ class TurboPipeline:
     def from_artifacts(
         cls,
         path: str | Path,
-        backend: str = "openvino",
+        backend: str = AUTO,
         device: str | None = None,
         dtype: str | None = None,
         threads: int | None = None,
         cache_dir: str | Path | None = None,
     ) -> TurboPipeline:
+        """Load and compile exported artifacts; `backend` "auto" takes the first of OpenVINO, ONNX Runtime and torch
+        that is installed and reads them (turbo_runtime.auto)."""
         artifacts = Artifacts.load(path)
+        choice = choose(backend, artifacts.precision, formats=artifacts.manifest["formats"], device=device)
         options = BackendOptions(device, dtype, threads, Path(cache_dir) if cache_dir else None)
-        return cls(artifacts, create_backend(backend, artifacts, options))
+        return cls(artifacts, create_backend(choice.backend, artifacts, options), choice)
 
     @classmethod
     def from_model(
         cls,
         model: str,
-        backend: str = "openvino",
+        backend: str = AUTO,
         height: int | None = None,
         width: int | None = None,
-        precision: str = "fp32",
+        precision: str = AUTO,
         quiet: bool = True,
         vae: str | None = None,
         **backend_options,
@@ -324,21 +331,26 @@ class TurboPipeline:
 
         height and width default to the model family's size (1024 for SDXL base and refiner, else 512); `vae`
         replaces the model's VAE by a tiny one ("tiny", or a replica, hub id or folder of an AutoencoderTiny).
+        `backend` and `precision` "auto" take the fastest full-quality path for this CPU's class (turbo_runtime.auto).
         """
         from turbo_runtime.backends import backend_class
         from turbo_runtime.errors import MissingDependency
         from turbo_runtime.spec import default_formats
 
-        fmt = backend_class(backend).artifact_format
+        choice = choose(backend, precision, device=backend_options.get("device"))
+        fmt = backend_class(choice.backend).artifact_format  # a missing package fails before the export
         try:
             from export.exporter import ExportConfig, export_model
         except ImportError:
             raise MissingDependency('exporting needs the export extra: pip install "turbo-runtime[export]"') from None
-        # Both formats at once, so switching between ONNX Runtime and OpenVINO reuses one export.
-        formats = default_formats(precision) if fmt else ()
+        # A given precision gets both formats at once, so switching between ONNX Runtime and OpenVINO reuses one
+        # export; a chosen one is the chosen backend's best, so only its format is written.
+        formats = () if fmt is None else (fmt,) if "precision" in choice.chose else default_formats(choice.precision)
         size = dict(height=height, width=width)
-        config = ExportConfig(model, formats=formats, precision=precision, **size, vae=vae, quiet=quiet)
-        return cls.from_artifacts(export_model(config), backend, **backend_options)
+        config = ExportConfig(model, formats=formats, precision=choice.precision, **size, vae=vae, quiet=quiet)
+        pipe = cls.from_artifacts(export_model(config), choice.backend, **backend_options)
+        pipe.choice = choice
+        return pipe
 
     def __call__(
         self,

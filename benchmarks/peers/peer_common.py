@@ -2,7 +2,7 @@
 scripts, so this folder is on sys.path).
 
 Only the standard library is imported at module level: the two scripts run in different environments
-(/work/peers-venv, /work/peers-onnx-venv), so torch, numpy, transformers and safetensors are imported inside the
+(made by setup.py under the cache folder), so torch, numpy, transformers and safetensors are imported inside the
 functions that need them. Importing this module also sets the offline Hugging Face environment variables.
 """
 

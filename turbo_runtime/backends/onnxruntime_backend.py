@@ -9,6 +9,7 @@ import numpy as np
 
 from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends.base import Backend, BackendOptions
+from turbo_runtime.cpu import detect as detect_cpu
 from turbo_runtime.errors import BackendUnavailable, InputError
 from turbo_runtime.files import cache_root
 
@@ -26,16 +27,6 @@ _INSTALL = {
     "OpenVINOExecutionProvider": 'for OpenVINO: pip install "turbo-runtime[onnxruntime-openvino]"',
 }
 _OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
-
-
-def _cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX, from /proc/cpuinfo (False where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class OnnxRuntimeBackend(Backend):
@@ -66,7 +57,7 @@ class OnnxRuntimeBackend(Backend):
         if device == "openvino":
             # The provider compiles the graph with OpenVINO's CPU plugin, which it sets to float32; by default ask
             # for what the openvino backend gets: bf16 on CPUs that compute it natively.
-            dtype = options.dtype or ("bfloat16" if _cpu_has_bf16() else "float32")
+            dtype = options.dtype or ("bfloat16" if detect_cpu().has_bf16 else "float32")
             config: dict = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[dtype]}
             self.inference_precision = _OPENVINO_PRECISION[dtype]
             if options.threads:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from turbo_runtime.auto import AUTO
 from turbo_runtime.backends import BACKENDS
 from turbo_runtime.backends.base import DTYPES
 from turbo_runtime.cli import cli_errors, setup_logging
@@ -26,11 +27,20 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--artifacts", type=Path, help="folder written by turbo-export")
     src.add_argument("--model", help="replica name, hub id in models.lock or diffusers folder (exported on first use)")
-    p.add_argument("--backend", default="openvino", help=f"one of: {', '.join(BACKENDS)} (default: openvino)")
+    p.add_argument(
+        "--backend",
+        default=AUTO,
+        help=f"{AUTO} or one of: {', '.join(BACKENDS)} (default {AUTO}: the fastest installed for this CPU and model)",
+    )
     p.add_argument("--device", help="torch: cpu|cuda; onnxruntime: cpu|cuda|openvino; openvino: CPU|GPU|NPU|AUTO")
     p.add_argument("--dtype", help=f"inference precision: {', '.join(DTYPES)} (default: the backend's best)")
     p.add_argument("--threads", type=int, help="CPU threads of the engine")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="with --model: export precision")
+    p.add_argument(
+        "--precision",
+        choices=(AUTO, *PRECISIONS),
+        default=AUTO,
+        help=f"with --model: export precision (default {AUTO}: the fastest at full quality for this CPU's class)",
+    )
     p.add_argument("--vae", help="with --model: a tiny VAE instead of the model's ('tiny': TAESD or TAESDXL)")
     p.add_argument("--height", type=int, help="with --model: export height (default: the model's)")
     p.add_argument("--width", type=int, help="with --model: export width (default: the model's)")
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         raise MissingDependency('turbo-serve needs FastAPI and uvicorn: pip install "turbo-runtime[serve]"') from None
     from turbo_runtime.serve.config import PipelineSource, ServeSettings
 
-    if args.artifacts and (args.vae or args.height or args.width or args.precision != "fp32"):
+    if args.artifacts and (args.vae or args.height or args.width or args.precision != AUTO):
         raise InputError("--precision, --vae, --height and --width are export options, for --model")
     settings = ServeSettings(
         api_key=args.api_key or None,
@@ -160,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[Exception] = []
 
     def on_ready(pipe, seconds: float) -> None:
-        b = pipe.backend
+        b, choice = pipe.backend, pipe.choice
         what = f"{settings.model_name or pipe.artifacts.model_id} on {b.name} {b.device} {b.inference_precision}"
-        print(f"ready: {url}/ ({what}, {pipe.width}x{pipe.height}; loaded in {seconds:.1f} s)", flush=True)
+        where = f"{pipe.width}x{pipe.height}, cpu class {choice.cpu.name}"
+        print(f"ready: {url}/ ({what}, {where}; loaded in {seconds:.1f} s)", flush=True)
+        log.info("cpu class: %s; %s", choice.cpu, choice)
 
     def on_failed(error: Exception) -> None:
         failed.append(error)

@@ -43,11 +43,11 @@ class PipelineSource:
 
     artifacts: Path | None = None
     model: str | None = None
-    backend: str = "openvino"
+    backend: str = "auto"  # or a backend's name; auto: the fastest installed for this CPU (turbo_runtime.auto)
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None
-    precision: str = "fp32"  # with model: the export's
+    precision: str = "auto"  # with model: the export's
     vae: str | None = None  # with model: a tiny VAE instead of the model's
     height: int | None = None  # with model: the export's size, default the family's
     width: int | None = None
@@ -59,9 +59,12 @@ class PipelineSource:
 
     def check(self) -> None:
         from turbo_runtime.artifacts import Artifacts
+        from turbo_runtime.auto import AUTO, check_names
         from turbo_runtime.backends import backend_class
 
-        backend_class(self.backend)  # an unknown backend or a missing package
+        check_names(self.backend, self.precision, self.device)
+        if self.backend != AUTO:
+            backend_class(self.backend)  # an unknown backend or a missing package
         if self.artifacts is not None:
             Artifacts.load(self.artifacts)
 

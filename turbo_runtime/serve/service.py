@@ -80,6 +80,7 @@ class Service:
             "backend": backend.name,
             "device": str(backend.device),
             "precision": backend.inference_precision,
+            "cpu_class": pipe.choice.cpu.name,
             "width": pipe.width,
             "height": pipe.height,
             "default_steps": pipe.family.default_steps,
