@@ -155,3 +155,16 @@ def gif_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="GIF")
     return buffer.getvalue()
+
+
+def damaged_copy(artifacts: Path, folder: Path) -> Path:
+    """A copy of `artifacts` in `folder` whose ONNX UNet has its last byte flipped (the manifest unchanged)."""
+    import shutil
+
+    broken = folder / "broken"
+    shutil.copytree(artifacts, broken)
+    unet = broken / "onnx" / "unet" / "model.onnx"
+    data = bytearray(unet.read_bytes())
+    data[-1] ^= 0xFF
+    unet.write_bytes(data)
+    return broken

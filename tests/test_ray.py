@@ -10,7 +10,6 @@ import concurrent.futures
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import SIZE, assert_one_line_error, run_cli
-from serving import decode, serve_process
+from serving import damaged_copy, decode, serve_process
 
 from turbo_runtime.errors import ArtifactError
 from turbo_runtime.pipeline import TurboPipeline
@@ -256,12 +255,8 @@ def test_a_killed_replica_is_replaced_and_no_image_is_wrong(cluster, pipe):
 
 
 def test_a_damaged_artifact_fails_the_replica_naming_the_file(cluster, sd_artifacts, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(sd_artifacts, broken)
+    broken = damaged_copy(sd_artifacts, tmp_path)
     unet = broken / "onnx" / "unet" / "model.onnx"
-    data = bytearray(unet.read_bytes())
-    data[-1] ^= 0xFF
-    unet.write_bytes(data)
     source = PipelineSource(artifacts=broken, backend=BACKEND, threads=1)
     options = ray_app.RayOptions(replicas=1, replica_cpus=0)  # beside the two replicas that hold both CPUs
     with pytest.raises(ArtifactError, match=re.escape(f"a replica failed to start: artifact file {unet} was modified")):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import SIZE, assert_one_line_error, run_cli
 from PIL import Image
-from serving import Held, bomb_png, decode, gif_bytes, png_bytes, png_text, serve_in_thread, serve_process
+from serving import Held, bomb_png, damaged_copy, decode, gif_bytes, png_bytes, png_text, serve_in_thread, serve_process
 
 from turbo_runtime.cpu import detect as detect_cpu
 from turbo_runtime.pipeline import TurboPipeline
@@ -557,12 +557,7 @@ def test_default_backend_is_chosen_for_the_cpu_and_reported(sd_artifacts):
 
 
 def test_a_failed_load_exits_2_with_the_reason(tmp_path, sd_artifacts):
-    broken = tmp_path / "broken"
-    shutil.copytree(sd_artifacts, broken)
-    unet = broken / "onnx" / "unet" / "model.onnx"
-    data = bytearray(unet.read_bytes())
-    data[-1] ^= 0xFF
-    unet.write_bytes(data)
+    broken = damaged_copy(sd_artifacts, tmp_path)
     with serve_process("--artifacts", str(broken), "--backend", BACKEND, ready=False) as served:
         assert served.proc.wait(timeout=120) == 2
         assert "onnx/unet/model.onnx was modified" in served.stderr and "Traceback" not in served.stderr

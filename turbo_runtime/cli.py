@@ -45,8 +45,8 @@ def setup_logging(verbose: bool, quiet: bool = False) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="turbo-run", description=__doc__)
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """What to load and how to run it: the flags turbo-run and turbo-serve share."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--artifacts", type=Path, help="folder written by turbo-export")
     src.add_argument("--model", help="replica name, hub id in models.lock or diffusers folder (exported on first use)")
@@ -56,6 +56,25 @@ def _parser() -> argparse.ArgumentParser:
         help=f"{AUTO} or one of: {', '.join(BACKENDS)} (default {AUTO}: the first of openvino, onnxruntime, torch "
         "installed that reads the artifacts; --verbose says why)",
     )
+    p.add_argument("--device", help="torch: cpu|cuda; onnxruntime: cpu|cuda|openvino; openvino: CPU|GPU|NPU|AUTO")
+    p.add_argument("--dtype", help=f"inference precision: {', '.join(DTYPES)} (default: the backend's best)")
+    p.add_argument("--threads", type=int, help="CPU threads of the engine")
+    p.add_argument(
+        "--precision",
+        choices=(AUTO, *PRECISIONS),
+        default=AUTO,
+        help=f"with --model: export precision (default {AUTO}: the fastest at full quality for this CPU's class)",
+    )
+    p.add_argument("--vae", help="with --model: a tiny VAE instead of the model's ('tiny': TAESD or TAESDXL)")
+    p.add_argument(
+        "--height", type=int, help="with --model: the export's (default: the model's); else the exported one"
+    )
+    p.add_argument("--width", type=int, help="with --model: the export's (default: the model's); else the exported one")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="turbo-run", description=__doc__)
+    add_pipeline_arguments(p)
     p.add_argument("--prompt", required=True, help="text prompt (may be empty)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--seed", type=int, help=f"noise seed, 0 to {SEED_BOUND - 1} (default: random, saved in the PNG)")
@@ -75,18 +94,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-watermark", action="store_true", help="no invisible watermark on SDXL images")
     p.add_argument("--image", type=Path, help="init image for image-to-image")
     p.add_argument("--strength", type=float, help="image-to-image strength in (0, 1] (default 0.5)")
-    p.add_argument("--height", type=int, help="must match the exported shape (with --model: export shape)")
-    p.add_argument("--width", type=int, help="must match the exported shape (with --model: export shape)")
-    p.add_argument(
-        "--precision",
-        choices=(AUTO, *PRECISIONS),
-        default=AUTO,
-        help=f"with --model: export precision (default {AUTO}: the fastest at full quality for this CPU's class)",
-    )
-    p.add_argument("--vae", help="with --model: a tiny VAE instead of the model's ('tiny': TAESD or TAESDXL)")
-    p.add_argument("--device", help="torch: cpu|cuda; onnxruntime: cpu|cuda|openvino; openvino: CPU|GPU|NPU|AUTO")
-    p.add_argument("--dtype", help=f"inference precision: {', '.join(DTYPES)} (default: the backend's best)")
-    p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument(
         "--out", default="image.png", help="PNG path, folders created as needed; NAME-0.png... for several images"
     )

@@ -10,40 +10,17 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 
 from turbo_runtime.auto import AUTO
-from turbo_runtime.backends import BACKENDS
-from turbo_runtime.backends.base import DTYPES
-from turbo_runtime.cli import cli_errors, setup_logging
+from turbo_runtime.cli import add_pipeline_arguments, cli_errors, setup_logging
 from turbo_runtime.errors import InputError, MissingDependency, TurboError
-from turbo_runtime.spec import PRECISIONS
 
 log = logging.getLogger("turbo-serve")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="turbo-serve", description=__doc__)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--artifacts", type=Path, help="folder written by turbo-export")
-    src.add_argument("--model", help="replica name, hub id in models.lock or diffusers folder (exported on first use)")
-    p.add_argument(
-        "--backend",
-        default=AUTO,
-        help=f"{AUTO} or one of: {', '.join(BACKENDS)} (default {AUTO}: the fastest installed for this CPU and model)",
-    )
-    p.add_argument("--device", help="torch: cpu|cuda; onnxruntime: cpu|cuda|openvino; openvino: CPU|GPU|NPU|AUTO")
-    p.add_argument("--dtype", help=f"inference precision: {', '.join(DTYPES)} (default: the backend's best)")
-    p.add_argument("--threads", type=int, help="CPU threads of the engine")
-    p.add_argument(
-        "--precision",
-        choices=(AUTO, *PRECISIONS),
-        default=AUTO,
-        help=f"with --model: export precision (default {AUTO}: the fastest at full quality for this CPU's class)",
-    )
-    p.add_argument("--vae", help="with --model: a tiny VAE instead of the model's ('tiny': TAESD or TAESDXL)")
-    p.add_argument("--height", type=int, help="with --model: export height (default: the model's)")
-    p.add_argument("--width", type=int, help="with --model: export width (default: the model's)")
+    add_pipeline_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument(
