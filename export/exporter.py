@@ -198,8 +198,8 @@ _FULL = 1 << 20  # a disk with fewer free bytes counts as full
 def _no_room(e: BaseException, tmp: Path) -> str | None:
     """Why writing into `tmp` failed if it ran out of room (disk, quota, file size limit), else None.
 
-    OpenVINO and tokenizers do not pass the system's error on (OpenVINO says "iostream error"), so where the
-    error does not tell, the disk and the files written so far do."""
+    Some writers do not pass the system's error on (tokenizers), so where the error does not tell, the disk and
+    the files written so far do."""
     free = shutil.disk_usage(tmp).free
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     limited = limit != resource.RLIM_INFINITY

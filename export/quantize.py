@@ -68,6 +68,8 @@ def quantize_unet(xml: Path, dataset: list[dict[str, np.ndarray]]) -> None:
     import nncf
     import openvino as ov
 
+    from export.to_openvino import save_ir
+
     nncf.set_log_level(logging.ERROR)
     model = ov.Core().read_model(xml)
     linear = [
@@ -87,6 +89,6 @@ def quantize_unet(xml: Path, dataset: list[dict[str, np.ndarray]]) -> None:
         ),
     )
     tmp = xml.with_name(xml.stem + ".quantized.xml")
-    ov.save_model(model, str(tmp), compress_to_fp16=False)
+    save_ir(model, tmp, compress_to_fp16=False)
     tmp.replace(xml)
     tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))

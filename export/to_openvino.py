@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import resource
+import shutil
 import sys
 import warnings
 from contextlib import contextmanager
@@ -57,5 +61,32 @@ def export_openvino(module: torch.nn.Module, example: tuple, io: ComponentIO, xm
         nncf.set_log_level(logging.ERROR)  # its per-model tables drown the progress bar
         model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     xml.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
+    save_ir(model, xml, compress_to_fp16=precision == "fp16")
     return [xml, xml.with_suffix(".bin")]
+
+
+def save_ir(model, xml: Path, compress_to_fp16: bool) -> None:
+    """ov.save_model, with a failed write reported as the OSError it was.
+
+    OpenVINO reports any failed write as "basic_ios::clear: iostream error" and removes the partial files, so
+    the disk looks roomy afterwards: compare the room with what it had to write (the weights, and the XML at
+    about 500 bytes per operation: 1 KiB is counted)."""
+    import openvino as ov
+
+    try:
+        ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+    except RuntimeError as e:
+        if "iostream error" not in str(e):
+            raise
+        ops = model.get_ops()
+        need = len(ops) << 10
+        for op in ops:
+            if op.get_type_name() == "Constant":
+                size = op.get_byte_size()
+                need += size // 2 if compress_to_fp16 and op.get_element_type() == ov.Type.f32 else size
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if shutil.disk_usage(xml.parent).free < need:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(xml.with_suffix(".bin"))) from e
+        if limit != resource.RLIM_INFINITY and limit < need:
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(xml.with_suffix(".bin"))) from e
+        raise
