@@ -144,7 +144,7 @@ def test_a_full_disk_during_export_gives_one_line_and_installs_nothing(tmp_path,
               f"Artifacts.load({str(disk / 'art')!r}).verify('onnx')"]  # fmt: skip
     script = f"""
         mount -t tmpfs -o size=3m tmpfs {disk} || exit 99
-        {shlex.join([*export, *SMALL_OPENVINO, '--precision', precision])} 2>{logs}/full.err; echo $? >{logs}/full.rc
+        {shlex.join([*export, *SMALL_OPENVINO, "--precision", precision])} 2>{logs}/full.err; echo $? >{logs}/full.rc
         ls -A {disk} >{logs}/full.ls
         mount -o remount,size=64m {disk} || exit 99
         {shlex.join([*export, *REEXPORT])} >/dev/null 2>{logs}/room.err; echo $? >{logs}/room.rc
