@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import assert_one_line_error, flip_middle_byte, run_cli
 
@@ -355,3 +356,112 @@ def test_a_modified_compile_cache_entry_is_compiled_again(tmp_path, sd_artifacts
         assert blob.with_name(blob.name + ".sha256").read_text().strip() == sha256_file(blob), name
     images = [np.asarray(Image.open(tmp_path / f"{run}.png")) for run in ("first", "second")]
     assert np.array_equal(*images)
+
+
+# ---- ONNX Runtime's saved optimized graphs: written once, reused, rebuilt when changed, never used when foreign ----
+
+
+def _ort_image(artifacts: Path, cache: Path):
+    from turbo_runtime.pipeline import TurboPipeline
+
+    pipe = TurboPipeline.from_artifacts(artifacts, "onnxruntime", threads=1, cache_dir=cache)
+    return pipe("a fox", seed=1, output_type="np").images
+
+
+def _ort_entries(cache: Path) -> dict[str, Path]:
+    """Component -> its folder of saved graphs in `cache`."""
+    return {folder.name.rsplit("-", 1)[0]: folder for folder in cache.iterdir() if folder.is_dir()}
+
+
+def test_onnxruntime_saves_its_optimized_graphs_once_and_loads_them_after(tmp_path, sd_artifacts, monkeypatch):
+    import onnxruntime as ort
+
+    from turbo_runtime.backends import onnxruntime_backend as backend
+    from turbo_runtime.files import sha256_file
+
+    cache = tmp_path / "cache"
+    first = _ort_image(sd_artifacts, cache)
+    folders = _ort_entries(cache)
+    assert sorted(folders) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
+    for folder in folders.values():
+        record = json.loads((folder / "optimized.json").read_text())
+        assert record["onnxruntime"] == ort.__version__ and record["files"]
+        for name in [*record["files"], "optimized.json"]:  # each entry's sha256 recorded, checked at every start
+            assert (folder / f"{name}.sha256").read_text().strip() == sha256_file(folder / name)
+        assert not [p for p in folder.iterdir() if p.name.startswith(".build-")]
+    written = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    def no_optimizing(*args, **kwargs):
+        raise AssertionError("the graph was optimized again")
+
+    monkeypatch.setattr(backend.OnnxRuntimeBackend, "_save_optimized", no_optimizing)
+    second = _ort_image(sd_artifacts, cache)
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    assert np.array_equal(first, second)
+    # the same image as a session made from the exported graph itself, every optimization applied at load
+    monkeypatch.setattr(
+        backend.OnnxRuntimeBackend,
+        "_cpu_session",
+        lambda self, component, so, cache_dir: ort.InferenceSession(
+            str(self.artifacts.component_path(component, "onnx")), so, providers=["CPUExecutionProvider"]
+        ),
+    )
+    assert np.array_equal(first, _ort_image(sd_artifacts, tmp_path / "unused"))
+
+
+@pytest.mark.parametrize(
+    "entry,change",
+    [("model.data", "truncated"), ("model.data", "a flipped byte"), ("model.onnx", "a flipped byte"),
+     ("optimized.json", "removed"), ("model.data.sha256", "removed")],
+)  # fmt: skip
+def test_a_modified_onnxruntime_cache_entry_is_rebuilt(tmp_path, sd_artifacts, caplog, entry, change):
+    """A saved graph whose files no longer match the sha256 recorded when they were written (or whose record is
+    gone, as when its writer died) is removed and saved again; nothing half-written is ever loaded."""
+    cache = tmp_path / "cache"
+    first = _ort_image(sd_artifacts, cache)
+    unet = _ort_entries(cache)["unet"]
+    path = unet / entry
+    stat = path.stat()
+    if change == "truncated":
+        os.truncate(path, stat.st_size // 2)
+    elif change == "removed":
+        path.unlink()
+    else:
+        flip_middle_byte(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as a copy that preserves times would leave it
+    saved = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file() and p.name != ".lock"}
+    with caplog.at_level("WARNING"):
+        second = _ort_image(sd_artifacts, cache)
+    assert np.array_equal(first, second)
+    if change != "removed":  # a missing entry, or one without its record, is made again without a warning
+        assert "was modified since it was written" in caplog.text
+    rebuilt = json.loads((unet / "optimized.json").read_text())["files"]
+    assert all((unet / name).stat().st_mtime_ns != saved.get(unet / name) for name in rebuilt)  # written again
+    from turbo_runtime.files import sha256_file
+
+    for name in [*rebuilt, "optimized.json"]:
+        assert (unet / f"{name}.sha256").read_text().strip() == sha256_file(unet / name)
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in saved.items() if not p.is_relative_to(unet))  # reused
+
+
+@pytest.mark.parametrize(
+    "setting,value",
+    [("onnxruntime", "0.0.0-other"), ("cpu_class", "avx2"), ("saved_level", "GraphOptimizationLevel.ORT_ENABLE_ALL")],
+)
+def test_a_saved_graph_is_never_loaded_under_other_settings(tmp_path, sd_artifacts, monkeypatch, setting, value):
+    """Another ONNX Runtime version, CPU or optimization level names another folder: the graph saved under the
+    first settings is neither loaded nor touched."""
+    from turbo_runtime.backends import onnxruntime_backend as backend
+
+    cache = tmp_path / "cache"
+    first = _ort_image(sd_artifacts, cache)
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file() and p.name != ".lock"}
+    settings = backend.optimized_graph_settings
+    monkeypatch.setattr(backend, "optimized_graph_settings", lambda provider: {**settings(provider), setting: value})
+    second = _ort_image(sd_artifacts, cache)
+    assert np.array_equal(first, second)
+    after = [f for f in cache.iterdir() if f.is_dir()]
+    assert len(after) == 8  # four components under each settings
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    new = [f for f in after if not any(p.is_relative_to(f) for p in before)]
+    assert {json.loads((f / "optimized.json").read_text())[setting] for f in new} == {value}

@@ -21,7 +21,9 @@ class BackendOptions:
     device: str | None = None  # backend's own device name; None picks its default
     dtype: str | None = None  # inference precision; None picks the backend's best for the device
     threads: int | None = None  # CPU threads; None lets the engine decide
-    cache_dir: Path | None = None  # compiled-model cache (OpenVINO, and ONNX Runtime's OpenVINO provider)
+    cache_dir: Path | None = (
+        None  # compiled-model cache (OpenVINO; ONNX Runtime's optimized graphs and OpenVINO provider)
+    )
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,14 @@ class Backend:
         # Latents per UNet call this backend takes: the exported static batch, unless the engine is dynamic.
         self.unet_batches: tuple[int, ...] = (artifacts.unet_batch,)
 
-    def cache_folder(self, cache_dir: Path, component: str) -> Path:
-        """The compile-cache folder of a component's files (named by their sha256 in the manifest): each holds the
-        entries of one graph only, so they can be checked before it is compiled (files.checked_cache)."""
+    def cache_folder(self, cache_dir: Path, component: str, settings: str = "") -> Path:
+        """The compile-cache folder of a component's files (named by their sha256 in the manifest, and by
+        `settings`, what else decides the entries: engine version, options, CPU): each holds the entries of one
+        graph only, so they can be checked before it is compiled (files.checked_cache)."""
         listed = self.artifacts.manifest["files"]
         files = self.artifacts.manifest["components"][component]["files"][self.artifact_format]
-        key = hashlib.sha256(" ".join(listed[f] for f in files).encode()).hexdigest()[:16]
-        return cache_dir / f"{component}-{key}"
+        key = hashlib.sha256(" ".join([*(listed[f] for f in files), *([settings] if settings else [])]).encode())
+        return cache_dir / f"{component}-{key.hexdigest()[:16]}"
 
     def upcast(self, component: str) -> bool:
         """Whether `component` runs in float32 when the rest runs in float16: VAEs that overflow in float16."""

@@ -1,9 +1,19 @@
 """ONNX Runtime backend: one InferenceSession per component; CPU by default, CUDA with onnxruntime-gpu, OpenVINO's
-CPU plugin with onnxruntime-openvino."""
+CPU plugin with onnxruntime-openvino.
+
+On the CPU provider each component's optimized graph is saved once in the cache folder and loaded from there at
+later starts, so a start does not optimize the graphs again (`onnxruntime-cache`, every entry checked against its
+sha256 like OpenVINO's compile cache).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -11,7 +21,7 @@ from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends.base import Backend, BackendOptions
 from turbo_runtime.cpu import detect as detect_cpu
 from turbo_runtime.errors import BackendUnavailable, InputError
-from turbo_runtime.files import cache_root
+from turbo_runtime.files import cache_root, checked_cache, write_text_atomic
 
 try:
     import onnxruntime as ort
@@ -27,6 +37,44 @@ _INSTALL = {
     "OpenVINOExecutionProvider": 'for OpenVINO: pip install "turbo-runtime[onnxruntime-openvino]"',
 }
 _OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+log = logging.getLogger(__name__)
+
+# The saved graph holds the basic and extended rewrites (constant folding, fusions), which ONNX Runtime documents
+# as safe to save and load again; ORT_ENABLE_ALL adds layout rewrites (NCHWc blocks sized for the instruction set
+# of the CPU it runs on), which it warns "should only be used in the same environment", so they run again at
+# every load, on top of the saved graph.
+_SAVED_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+_RUN_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+_SAVED_MODEL, _SAVED_DATA, _RECORD = "model.onnx", "model.data", "optimized.json"
+# Weights of at least this size go to the external data file, aligned so that ONNX Runtime maps them from it.
+_EXTERNAL_MIN_BYTES = 1024
+_CACHE_FORMAT = 1  # bump when what the cache folder holds changes
+
+
+def _session_options(level: ort.GraphOptimizationLevel, threads: int | None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return so
+
+
+def optimized_graph_settings(provider: str) -> dict:
+    """What decides the optimized graph besides the source graph: the engine's version, the provider and the level
+    its rewrites were applied at, and the CPU (the fused kernels it picked). A cache entry made under other
+    settings is never used: they name its folder (Backend.cache_folder)."""
+    cpu = detect_cpu()
+    return {
+        "format": _CACHE_FORMAT,
+        "onnxruntime": ort.__version__,
+        "provider": provider,
+        "saved_level": str(_SAVED_LEVEL),
+        "external_min_bytes": _EXTERNAL_MIN_BYTES,
+        "cpu_class": cpu.name,
+        "cpu_flags": list(cpu.flags),
+    }
 
 
 class OnnxRuntimeBackend(Backend):
@@ -46,11 +94,7 @@ class OnnxRuntimeBackend(Backend):
                 f"onnxruntime runs the exported graph's precision ({artifacts.precision}); --dtype {options.dtype} "
                 "is not applied: export with --precision fp16 for a float16 graph"
             )
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        if options.threads:
-            so.intra_op_num_threads = options.threads
+        so = _session_options(_RUN_LEVEL, options.threads)
         providers: list = [provider]
         # What the engine computes in, for reports: the exported graph's precision, or OpenVINO's on its provider.
         self.inference_precision = {"fp32": "f32", "fp16": "f16"}.get(artifacts.precision, artifacts.precision)
@@ -68,10 +112,46 @@ class OnnxRuntimeBackend(Backend):
         if provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")
         self.device = device
-        self._sessions = {
-            c: ort.InferenceSession(str(artifacts.component_path(c, "onnx")), so, providers=providers)
-            for c in self.family.components
-        }
+        if provider == "CPUExecutionProvider":
+            cache_dir = Path(options.cache_dir or cache_root() / "onnxruntime-cache")
+            self._sessions = {c: self._cpu_session(c, so, cache_dir) for c in self.family.components}
+        else:
+            self._sessions = {
+                c: ort.InferenceSession(str(artifacts.component_path(c, "onnx")), so, providers=providers)
+                for c in self.family.components
+            }
+
+    def _cpu_session(self, component: str, so: ort.SessionOptions, cache_dir: Path) -> ort.InferenceSession:
+        """The component's session on the CPU provider, from its optimized graph in the cache, saved first if the
+        cache has none (or one that fails its sha256 check: files.checked_cache removes it first)."""
+        settings = optimized_graph_settings("CPUExecutionProvider")
+        folder = self.cache_folder(cache_dir, component, json.dumps(settings, sort_keys=True))
+        with checked_cache(folder) as cache:
+            if not _complete(cache, settings):
+                self._save_optimized(component, cache, settings)
+            return ort.InferenceSession(str(cache / _SAVED_MODEL), so, providers=["CPUExecutionProvider"])
+
+    def _save_optimized(self, component: str, cache: Path, settings: dict) -> None:
+        """Optimize the component's graph at the saved level and write it into `cache`, the record last. ONNX
+        Runtime writes into a hidden folder beside, whose files are then moved in: a reader under the cache's
+        lock never sees half a graph, and a writer that dies leaves no record, so its files are removed."""
+        for entry in cache.iterdir():
+            if entry.name != ".lock":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        source = self.artifacts.component_path(component, "onnx")
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
+            so = _session_options(_SAVED_LEVEL, self.options.threads)
+            so.optimized_model_filepath = str(Path(tmp) / _SAVED_MODEL)
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", _SAVED_DATA)
+            so.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", str(_EXTERNAL_MIN_BYTES)
+            )
+            so.add_session_config_entry("session.disable_prepacking", "1")  # this session only writes the graph
+            ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
+            files = sorted(p.name for p in Path(tmp).iterdir())
+            for name in files:
+                os.replace(Path(tmp) / name, cache / name)
+        write_text_atomic(cache / _RECORD, json.dumps({**settings, "files": files}, indent=1, sort_keys=True))
 
     def _run(self, component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         io = self.io[component]
@@ -79,3 +159,13 @@ class OnnxRuntimeBackend(Backend):
             [t.name for t in io.outputs], {t.name: x for t, x in zip(io.inputs, inputs)}
         )
         return [np.asarray(o, dtype=np.float32) for o in outs]
+
+
+def _complete(cache: Path, settings: dict) -> bool:
+    """Whether `cache` holds a whole saved graph made under `settings`: its record, and every file it lists."""
+    try:
+        record = json.loads((cache / _RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    files = record.pop("files", None)
+    return record == settings and bool(files) and all((cache / f).is_file() for f in files)
