@@ -40,12 +40,14 @@ _OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 log = logging.getLogger(__name__)
 
-# The saved graph holds the basic and extended rewrites (constant folding, fusions), which ONNX Runtime documents
-# as safe to save and load again; ORT_ENABLE_ALL adds layout rewrites (NCHWc blocks sized for the instruction set
-# of the CPU it runs on), which it warns "should only be used in the same environment", so they run again at
-# every load, on top of the saved graph.
-_SAVED_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-_RUN_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+# The saved graph holds every rewrite ONNX Runtime makes (ORT_ENABLE_ALL), the layout ones included: those reorder
+# the convolution weights into NCHWc blocks sized for the instruction set of the CPU they ran on, so ONNX Runtime
+# documents such a graph for "compatible hardware" only; the CPU's flags are part of the cache key, so another CPU
+# never loads it. Saving only the portable levels (ORT_ENABLE_EXTENDED) and applying the layout rewrites at each
+# load was measured: the UNet of sd-turbo took 6.8 s to load instead of 1.2 s, as reordering its weights is most of
+# the work. The saved graph is loaded with the optimizations off, as the documentation advises: none are left.
+_SAVED_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+_LOAD_LEVEL = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 _SAVED_MODEL, _SAVED_DATA, _RECORD = "model.onnx", "model.data", "optimized.json"
 # Weights of at least this size go to the external data file, aligned so that ONNX Runtime maps them from it.
 _EXTERNAL_MIN_BYTES = 1024
@@ -94,7 +96,7 @@ class OnnxRuntimeBackend(Backend):
                 f"onnxruntime runs the exported graph's precision ({artifacts.precision}); --dtype {options.dtype} "
                 "is not applied: export with --precision fp16 for a float16 graph"
             )
-        so = _session_options(_RUN_LEVEL, options.threads)
+        so = _session_options(_SAVED_LEVEL, options.threads)
         providers: list = [provider]
         # What the engine computes in, for reports: the exported graph's precision, or OpenVINO's on its provider.
         self.inference_precision = {"fp32": "f32", "fp16": "f16"}.get(artifacts.precision, artifacts.precision)
@@ -114,14 +116,14 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         if provider == "CPUExecutionProvider":
             cache_dir = Path(options.cache_dir or cache_root() / "onnxruntime-cache")
-            self._sessions = {c: self._cpu_session(c, so, cache_dir) for c in self.family.components}
+            self._sessions = {c: self._cpu_session(c, cache_dir) for c in self.family.components}
         else:
             self._sessions = {
                 c: ort.InferenceSession(str(artifacts.component_path(c, "onnx")), so, providers=providers)
                 for c in self.family.components
             }
 
-    def _cpu_session(self, component: str, so: ort.SessionOptions, cache_dir: Path) -> ort.InferenceSession:
+    def _cpu_session(self, component: str, cache_dir: Path) -> ort.InferenceSession:
         """The component's session on the CPU provider, from its optimized graph in the cache, saved first if the
         cache has none (or one that fails its sha256 check: files.checked_cache removes it first)."""
         settings = optimized_graph_settings("CPUExecutionProvider")
@@ -129,6 +131,7 @@ class OnnxRuntimeBackend(Backend):
         with checked_cache(folder) as cache:
             if not _complete(cache, settings):
                 self._save_optimized(component, cache, settings)
+            so = _session_options(_LOAD_LEVEL, self.options.threads)
             return ort.InferenceSession(str(cache / _SAVED_MODEL), so, providers=["CPUExecutionProvider"])
 
     def _save_optimized(self, component: str, cache: Path, settings: dict) -> None:
