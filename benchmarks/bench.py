@@ -316,7 +316,7 @@ def _worker_cmd(
                 "--latents", str(latents), *size, *precision, *common]  # fmt: skip
     name = "torch" if subject == "torch-reference" else subject
     cmd = [sys.executable, "-m", "benchmarks.worker", "--subject", name, "--artifacts", str(artifacts),
-           "--seed", str(config.seed), "--cache-dir", str(out / "openvino-cache"),
+           "--seed", str(config.seed), "--cache-dir", str(out / "compile-cache"),
            "--guidance-scale", str(config.guidance_scale), *common]  # fmt: skip
     return cmd + (["--dtype", dtype] if dtype else [])
 
@@ -386,7 +386,7 @@ def run_bench(config: BenchConfig) -> dict:
     if not reference_in_runs:
         subjects.append(("torch-reference", "float32"))
     cmds = {s: _worker_cmd(s, d, config, artifacts, source, latents, out) for s, d in subjects}
-    shutil.rmtree(out / "openvino-cache", ignore_errors=True)  # the first starts are cold
+    shutil.rmtree(out / "compile-cache", ignore_errors=True)  # the first starts are cold
     failed: dict[str, str] = {}  # subject -> why its worker failed; its partial figures stay in raw
     largest_peak = 0  # the largest peak resident memory of a worker so far: the guess for the next one
     for peer in sorted(set(cmds) & set(_PEER_SCRIPTS)):  # a peer's first start exports its model: not timed
