@@ -451,7 +451,7 @@ def test_a_modified_onnxruntime_cache_entry_is_rebuilt(tmp_path, sd_artifacts, c
     [("onnxruntime", "0.0.0-other"), ("cpu_class", "avx2"), ("cpu_flags", ["avx2", "fma", "f16c"])],
 )
 def test_a_saved_graph_is_never_loaded_under_other_settings(tmp_path, sd_artifacts, monkeypatch, setting, value):
-    """Another ONNX Runtime version, CPU or optimization level names another folder: the graph saved under the
+    """Another ONNX Runtime version, CPU class or set of CPU flags names another folder: the graph saved under the
     first settings is neither loaded nor touched."""
     from turbo_runtime.backends import onnxruntime_backend as backend
 
