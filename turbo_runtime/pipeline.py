@@ -307,12 +307,14 @@ class TurboPipeline:
         dtype: str | None = None,
         threads: int | None = None,
         cache_dir: str | Path | None = None,
+        vae_encoder: bool = True,
     ) -> TurboPipeline:
         """Load and compile exported artifacts; `backend` "auto" takes the first of OpenVINO, ONNX Runtime and torch
-        that is installed and reads them (turbo_runtime.auto)."""
+        that is installed and reads them (turbo_runtime.auto). `vae_encoder=False` leaves the VAE encoder out:
+        text-to-image only, with less memory and a shorter start."""
         artifacts = Artifacts.load(path)
         choice = choose(backend, artifacts.precision, formats=artifacts.manifest["formats"], device=device)
-        options = BackendOptions(device, dtype, threads, Path(cache_dir) if cache_dir else None)
+        options = BackendOptions(device, dtype, threads, Path(cache_dir) if cache_dir else None, vae_encoder)
         return cls(artifacts, create_backend(choice.backend, artifacts, options), choice)
 
     @classmethod

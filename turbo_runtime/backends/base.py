@@ -21,9 +21,8 @@ class BackendOptions:
     device: str | None = None  # backend's own device name; None picks its default
     dtype: str | None = None  # inference precision; None picks the backend's best for the device
     threads: int | None = None  # CPU threads; None lets the engine decide
-    cache_dir: Path | None = (
-        None  # compiled-model cache (OpenVINO; ONNX Runtime's optimized graphs and OpenVINO provider)
-    )
+    cache_dir: Path | None = None  # compiled-model caches (OpenVINO; ONNX Runtime's optimized graphs)
+    vae_encoder: bool = True  # False loads no VAE encoder: text-to-image only, less memory, a faster start
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,7 @@ class Backend:
         self.options = options
         self.family = artifacts.family
         self.io: dict[str, ComponentIO] = {c: artifacts.io(c) for c in self.family.components}
+        self.components = tuple(c for c in self.family.components if options.vae_encoder or c != "vae_encoder")
         # Latents per UNet call this backend takes: the exported static batch, unless the engine is dynamic.
         self.unet_batches: tuple[int, ...] = (artifacts.unet_batch,)
 
@@ -115,6 +115,8 @@ class Backend:
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
         """Image in [-1, 1], NCHW, to the scaled latent mean."""
+        if "vae_encoder" not in self.components:
+            raise InputError("this pipeline was loaded without its VAE encoder (vae_encoder=False): text-to-image only")
         return self._call("vae_encoder", image)[0]
 
     def predict_noise(self, latents: np.ndarray, timestep: np.ndarray, cond: Conditioning) -> np.ndarray:

@@ -120,11 +120,11 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         if provider == "CPUExecutionProvider":
             cache_dir = Path(options.cache_dir or cache_root() / "onnxruntime-cache")
-            self._sessions = {c: self._cpu_session(c, cache_dir) for c in self.family.components}
+            self._sessions = {c: self._cpu_session(c, cache_dir) for c in self.components}
         else:
             self._sessions = {
                 c: ort.InferenceSession(str(artifacts.component_path(c, "onnx")), so, providers=providers)
-                for c in self.family.components
+                for c in self.components
             }
 
     def _cpu_session(self, component: str, cache_dir: Path) -> ort.InferenceSession:

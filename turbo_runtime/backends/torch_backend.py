@@ -49,7 +49,8 @@ class TorchBackend(Backend):
         self.unet_batches = (1, 2)  # dynamic shapes: guidance runs both branches in one call, as diffusers does
         self._dtypes = {c: torch.float32 if dtype == "float16" and self.upcast(c) else _DTYPES[dtype] for c in self.io}
         vae_path = vae.path if vae else None
-        self._modules = load_model(source.path, self.family, source.variant, vae_path=vae_path).modules  # f32, CPU
+        modules = load_model(source.path, self.family, source.variant, vae_path=vae_path).modules  # f32, CPU
+        self._modules = {c: m for c, m in modules.items() if c in self.components}
         for component, module in self._modules.items():
             module.to(device=device, dtype=self._dtypes[component])
 
