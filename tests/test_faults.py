@@ -475,3 +475,19 @@ def test_a_saved_graph_is_never_loaded_under_other_settings(tmp_path, sd_artifac
     assert {p: p.stat().st_mtime_ns for p in before} == before
     new = [f for f in after if not any(p.is_relative_to(f) for p in before)]
     assert [json.loads((f / "optimized.json").read_text())[setting] for f in new] == [value] * 4
+
+
+def test_a_saved_graph_that_does_not_load_is_optimized_again(tmp_path, sd_artifacts, caplog):
+    """A saved graph whose record matches but which ONNX Runtime refuses (written wrong) is written again."""
+    from turbo_runtime.files import sha256_file
+
+    cache = tmp_path / "cache"
+    first = _ort_image(sd_artifacts, cache)
+    unet = _ort_entries(cache)["unet"]
+    (unet / "model.onnx").write_bytes(b"not a graph")
+    (unet / "model.onnx.sha256").write_text(sha256_file(unet / "model.onnx") + "\n")
+    with caplog.at_level("WARNING"):
+        second = _ort_image(sd_artifacts, cache)
+    assert "does not load" in caplog.text
+    assert np.array_equal(first, second)
+    assert (unet / "model.onnx.sha256").read_text().strip() == sha256_file(unet / "model.onnx")
