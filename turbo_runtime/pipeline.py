@@ -307,12 +307,18 @@ class TurboPipeline:
         dtype: str | None = None,
         threads: int | None = None,
         cache_dir: str | Path | None = None,
+        compile_mode: str | None = None,
+        cuda_graphs: bool = False,
+        channels_last: bool = False,
     ) -> TurboPipeline:
         """Load and compile exported artifacts; `backend` "auto" takes the first of OpenVINO, ONNX Runtime and torch
-        that is installed and reads them (turbo_runtime.auto)."""
+        that is installed and reads them (turbo_runtime.auto). compile_mode, cuda_graphs and channels_last tune the
+        torch backend's modules (BackendOptions)."""
         artifacts = Artifacts.load(path)
         choice = choose(backend, artifacts.precision, formats=artifacts.manifest["formats"], device=device)
-        options = BackendOptions(device, dtype, threads, Path(cache_dir) if cache_dir else None)
+        options = BackendOptions(
+            device, dtype, threads, Path(cache_dir) if cache_dir else None, compile_mode, cuda_graphs, channels_last
+        )
         return cls(artifacts, create_backend(choice.backend, artifacts, options), choice)
 
     @classmethod
