@@ -203,14 +203,16 @@ def test_peer_environments_live_in_the_cache_folder(tmp_path, monkeypatch, capsy
     assert peer_envs.cache_root() == cache_root() == tmp_path / "cache"  # the runtime's own rule
     folder = tmp_path / "cache" / "peer-envs" / "optimum-intel"
 
-    venv, torch_first, requirements, check = peer_envs.plan("optimum-intel", "python3")
+    venv, torch_first, requirements, no_deps, check = peer_envs.plan("optimum-intel", "python3")
     python = folder / "bin" / "python"
     assert venv == ["python3", "-m", "venv", str(folder)]
-    assert torch_first == [str(python), "-m", "pip", "install", "torch==2.14.1", "torchvision==0.29.1"]
+    assert torch_first == [str(python), "-m", "pip", "install", "torch==2.13.0"]  # the CPU build
     pinned = Path(requirements[-1]).read_text().splitlines()
-    assert requirements[-2:-1] == ["-r"] and {"torch==2.14.1", "torchvision==0.29.1"} <= set(pinned)
-    assert check == [str(python), "-m", "pip", "check"]
-    assert "torch==2.13.0" in peer_envs.plan("optimum-onnx")[1]
+    assert requirements[-2:-1] == ["-r"] and "torch==2.13.0" in pinned
+    assert not any(line.startswith(("torchvision", "optimum-intel")) for line in pinned)  # CUDA torch behind them
+    assert no_deps == [str(python), "-m", "pip", "install", "--no-deps", "optimum-intel[openvino]==2.2.0"]
+    assert check[0] == str(python) and check[-2:] == ["--check", "optimum-intel"]
+    assert "torch==2.13.0" in peer_envs.plan("optimum-onnx")[1] and len(peer_envs.plan("optimum-onnx")) == 4
 
     python.parent.mkdir(parents=True)
     python.touch()
@@ -250,7 +252,26 @@ def test_peer_setup_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "cache" / "peer-envs" / "optimum-intel"
     assert result.stdout.splitlines()[0] == f"optimum-intel: {folder} (to be made)"
-    assert f"{folder}/bin/python -m pip install torch==2.14.1 torchvision==0.29.1" in result.stdout
+    assert f"{folder}/bin/python -m pip install torch==2.13.0" in result.stdout
     assert not (tmp_path / "cache").exists()
     bad = subprocess.run([sys.executable, str(script), "optimum-nothing"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_peer_check_accepts_only_the_deliberate_absences(monkeypatch, capsys):
+    from benchmarks.peers import setup as peer_envs
+
+    def pip_check(lines: list[str]):
+        out = "".join(f"{line}\n" for line in lines) or "No broken requirements found.\n"
+        done = subprocess.CompletedProcess([], 1 if lines else 0, out, "")
+        monkeypatch.setattr(peer_envs.subprocess, "run", lambda *a, **k: done)
+
+    pip_check(["optimum-intel 2.2.0 requires torchvision, which is not installed."])
+    assert peer_envs.check("optimum-intel") == 0
+    assert peer_envs.check("optimum-onnx") == 1  # nothing is left out of that one
+    pip_check(["optimum-intel 2.2.0 requires torchvision, which is not installed.",
+               "optimum 2.3.0 has requirement transformers<5.6, but you have transformers 5.7.0."])  # fmt: skip
+    assert peer_envs.check("optimum-intel") == 1
+    assert "transformers<5.6" in capsys.readouterr().err
+    pip_check([])
+    assert peer_envs.check("optimum-onnx") == 0

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,16 +132,18 @@ def _recorded(entry: Path) -> str | None:
         return None
 
 
-_MADV_PAGEOUT = 21  # Linux 5.4+: reclaim the pages of a range now
+_MADV_DONTNEED = 4
 
 
-def page_out_mappings(folders: list[Path]) -> int:
-    """Drop from memory the pages of files under `folders` that this process has mapped (Linux; else a no-op).
+def release_mappings(folders: list[Path]) -> int:
+    """Unmap from this process the resident pages of read-only file mappings under `folders` (Linux; else a no-op).
 
     An engine that reads weights through mmap may keep the mapping alive after converting the weights into its
-    own buffers; the file's pages then count twice in resident memory although nothing reads them again. Clean
-    file pages are dropped without writing anything, and read back from disk should anything touch them again.
-    Returns the bytes of the ranges advised.
+    own buffers; the file's pages then count twice in resident memory although nothing reads them again.
+    MADV_DONTNEED drops them from this process only: they stay in the page cache, so the next start reads them
+    from memory, not from disk, and anything touching them again gets the file's bytes back at once. Writable
+    mappings are left alone (dropping a private copy would lose its writes). Returns the bytes of the ranges
+    advised.
     """
     import ctypes
 
@@ -154,8 +157,33 @@ def page_out_mappings(folders: list[Path]) -> int:
     advised = 0
     for line in maps.splitlines():
         fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith(prefixes):
+        if len(fields) == 6 and fields[5].startswith(prefixes) and "w" not in fields[1]:
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            if madvise(start, end - start, _MADV_PAGEOUT) == 0:
+            if madvise(start, end - start, _MADV_DONTNEED) == 0:
                 advised += end - start
     return advised
+
+
+@contextmanager
+def releasing_mappings(folders: list[Path], interval: float = 0.1) -> Iterator[None]:
+    """Release the mappings under `folders` every `interval` seconds while the block runs, and once at its end.
+
+    An engine converting mapped weights touches each page once, in order: releasing what it has read as it goes
+    keeps the file's pages and the engine's copy from both being resident at the peak."""
+    if not folders:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            release_mappings(folders)
+
+    thread = threading.Thread(target=loop, name="release-mappings", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        release_mappings(folders)

@@ -26,11 +26,20 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Peer -> (its requirements file, what to install first and alone). torch goes first so that pip settles it before
-# resolving the rest (README.md beside this file says why for each).
+# Peer -> (its requirements file, what to install first and alone, what to install without its dependencies, the
+# dependencies they declare that are left out on purpose). torch goes first so that pip settles it (the CPU build)
+# before resolving the rest. optimum-intel declares torchvision, whose every build here is a CUDA one (torchvision
+# 0.29 pulls a CUDA torch 2.14; 0.28 fails to import beside the CPU torch 2.13): it goes in without its
+# dependencies, which the requirements file lists, torchvision aside (its Stable Diffusion pipelines do not use it).
+# README.md beside this file says more.
 PEERS = {
-    "optimum-intel": ("requirements-optimum-intel.txt", ("torch==2.14.1", "torchvision==0.29.1")),
-    "optimum-onnx": ("requirements-optimum-onnx.txt", ("torch==2.13.0",)),
+    "optimum-intel": (
+        "requirements-optimum-intel.txt",
+        ("torch==2.13.0",),
+        ("optimum-intel[openvino]==2.2.0",),
+        ("torchvision",),
+    ),
+    "optimum-onnx": ("requirements-optimum-onnx.txt", ("torch==2.13.0",), (), ()),
 }
 MARKER = "turbo-peer-env.json"
 COMMAND = "python benchmarks/peers/setup.py"  # as a user types it from the repository root
@@ -59,9 +68,9 @@ def env_python(peer: str) -> Path:
 def requirements_sha256(peer: str) -> str:
     """Of the pins alone (what is installed first, then the requirement lines): editing a comment keeps an
     environment, changing a pin makes it again."""
-    requirements, first = PEERS[peer]
+    requirements, first, no_deps, _ = PEERS[peer]
     lines = [line.split("#", 1)[0].strip() for line in (HERE / requirements).read_text().splitlines()]
-    return hashlib.sha256("\n".join([*first, "--", *filter(None, lines)]).encode()).hexdigest()
+    return hashlib.sha256("\n".join([*first, "--", *filter(None, lines), "--", *no_deps]).encode()).hexdigest()
 
 
 def ready(peer: str) -> Path | None:
@@ -80,19 +89,37 @@ def command(peer: str) -> str:
     return f"{COMMAND} {peer}"
 
 
-STEPS = ("making the venv", "installing torch first", "installing the pinned requirements", "pip check")
+STEPS = ("making the venv", "installing torch first", "installing the pinned requirements",
+         "installing without dependencies", "checking the requirements")  # fmt: skip
 
 
 def plan(peer: str, python: str = sys.executable) -> list[list[str]]:
-    """The commands that create the environment, in order (one per STEPS)."""
-    requirements, first = PEERS[peer]
+    """The commands that create the environment, in order (one per STEPS; none for an empty no-deps list)."""
+    requirements, first, no_deps, _ = PEERS[peer]
     pip = [str(env_python(peer)), "-m", "pip"]
     return [
         [python, "-m", "venv", str(env_dir(peer))],
         [*pip, "install", *first],
         [*pip, "install", "-r", str(HERE / requirements)],
-        [*pip, "check"],
+        *([[*pip, "install", "--no-deps", *no_deps]] if no_deps else []),
+        [str(env_python(peer)), str(Path(__file__).resolve()), "--check", peer],
     ]
+
+
+def check(peer: str) -> int:
+    """`pip check` in this interpreter's environment, where only the peer's deliberate absences may be missing."""
+    absent = PEERS[peer][3]
+    done = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
+    broken = [
+        line
+        for line in done.stdout.splitlines()
+        if line.strip() and not any(line.endswith(f"requires {a}, which is not installed.") for a in absent)
+    ]
+    if done.returncode != 0 and broken:
+        print("\n".join(broken), file=sys.stderr)
+        return 1
+    print(f"{peer}: requirements consistent" + (f" ({', '.join(absent)} left out on purpose)" if absent else ""))
+    return 0
 
 
 def create(peer: str, python: str = sys.executable, quiet: bool = False, force: bool = False) -> Path:
@@ -105,7 +132,8 @@ def create(peer: str, python: str = sys.executable, quiet: bool = False, force: 
         if not force and (done := ready(peer)) is not None:
             return done
         shutil.rmtree(folder, ignore_errors=True)  # incomplete, made from other pins, or forced
-        for what, step in zip(STEPS, plan(peer, python)):
+        steps = [s for s in STEPS if PEERS[peer][2] or s != "installing without dependencies"]
+        for what, step in zip(steps, plan(peer, python)):
             if quiet and step[1:3] == ["-m", "pip"]:
                 step = [*step[:4], "-q", *step[4:]]
             print(f"{peer}: {what}: {' '.join(step)}", file=sys.stderr, flush=True)
@@ -132,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the folder and the commands; create nothing")
     p.add_argument("--force", action="store_true", help="make the environment again even if it is ready")
     p.add_argument("--quiet", action="store_true", help="pip without progress output")
+    p.add_argument("--check", action="store_true", help="check the requirements of the environment running this")
     args = p.parse_args(argv)
+    if args.check:
+        return max(check(peer) for peer in args.peers)
     for peer in args.peers:
         if args.dry_run:
             state = "ready" if ready(peer) else "to be made"

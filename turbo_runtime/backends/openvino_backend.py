@@ -9,7 +9,7 @@ import numpy as np
 from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends.base import Backend, BackendOptions
 from turbo_runtime.errors import BackendUnavailable
-from turbo_runtime.files import cache_root, checked_cache, page_out_mappings
+from turbo_runtime.files import cache_root, checked_cache, releasing_mappings
 
 try:
     import openvino as ov
@@ -41,18 +41,17 @@ class OpenVINOBackend(Backend):
         self.device = device
         self._requests = {}
         files = {c: artifacts.component_files(c, "openvino") for c in self.family.components}
-        # Largest first, and the weights' file pages (IR or cached blob) dropped once each is compiled: the
-        # plugin keeps the mapping although it computes from its own converted copy, which would count the
-        # weights twice, and compiling the UNet beside the others' copies would raise the peak further.
+        # Largest first, and the weights' file pages (IR or cached blob) released as the plugin reads them: it
+        # keeps the mapping although it computes from its own copy, which would count the weights twice, and
+        # compiling the UNet beside the others' copies would raise the peak further.
+        mapped = [artifacts.root, cache_dir] if device == "CPU" else []
         for component in sorted(files, key=lambda c: -sum(p.stat().st_size for p in files[c])):
             own = config
             if config.get("INFERENCE_PRECISION_HINT") == "f16" and self.upcast(component):
                 own = {**config, "INFERENCE_PRECISION_HINT": "f32"}
-            with checked_cache(self.cache_folder(cache_dir, component)) as cache:
+            with checked_cache(self.cache_folder(cache_dir, component)) as cache, releasing_mappings(mapped):
                 compiled = core.compile_model(str(files[component][0]), device, {**own, "CACHE_DIR": str(cache)})
             self._requests[component] = compiled.create_infer_request()
-            if device == "CPU":
-                page_out_mappings([artifacts.root, cache_dir])
         # What the plugin chose, for reports: bf16 on CPUs with AMX or AVX512-BF16 unless --dtype says otherwise.
         hint = self._requests["unet"].get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = hint.to_string() if isinstance(hint, ov.Type) else str(hint)
