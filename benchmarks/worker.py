@@ -33,8 +33,13 @@ class TurboSubject:
     def __init__(self, args):
         from turbo_runtime.pipeline import TurboPipeline
 
-        self.pipe = TurboPipeline.from_artifacts(
-            args.artifacts, args.backend, dtype=args.dtype, threads=args.threads, cache_dir=args.cache_dir
+        self.pipe = TurboPipeline.from_artifacts(  # text-to-image, loaded as turbo-run loads it: no VAE encoder
+            args.artifacts,
+            args.backend,
+            dtype=args.dtype,
+            threads=args.threads,
+            cache_dir=args.cache_dir,
+            vae_encoder=False,
         )
         self.args = args
         # What the engine computes in, else the exported graph's precision (ONNX: fp32, fp16 or int8)

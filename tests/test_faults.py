@@ -335,9 +335,17 @@ def test_a_modified_compile_cache_entry_is_compiled_again(tmp_path, sd_artifacts
 
     env = {"TURBO_RUNTIME_CACHE": str(tmp_path / "cache")}  # compiled afresh, recorded by this test's runs
     args = ["turbo-run", "--artifacts", str(sd_artifacts), "--backend", "openvino", "--prompt", "a fox", "--seed", "1"]
+    init = run_cli(*args, "--out", str(tmp_path / "init.png"), env=env)
+    assert init.returncode == 0, init.stderr
+
+    def blobs() -> dict[str, Path]:
+        return {b.parent.name.rsplit("-", 1)[0]: b for b in (tmp_path / "cache" / "openvino-cache").glob("*/*.blob")}
+
+    assert sorted(blobs()) == ["text_encoder", "unet", "vae_decoder"]  # text-to-image loads no VAE encoder
+    args += ["--image", str(tmp_path / "init.png")]
     first = run_cli(*args, "--out", str(tmp_path / "first.png"), env=env)
     assert first.returncode == 0, first.stderr
-    blobs = {b.parent.name.rsplit("-", 1)[0]: b for b in (tmp_path / "cache" / "openvino-cache").glob("*/*.blob")}
+    blobs = blobs()
     assert sorted(blobs) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
     for blob in blobs.values():
         assert blob.with_name(blob.name + ".sha256").read_text().strip() == sha256_file(blob)

@@ -154,6 +154,17 @@ def test_backends_agree_and_share_the_seed_noise(artifacts_of, family):
         assert np.abs(images[backend] - images["torch"]).max() <= PARITY_TOLERANCE["fp32"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pipeline_without_its_vae_encoder_draws_the_same_and_refuses_an_image(sd_artifacts, backend):
+    full = TurboPipeline.from_artifacts(sd_artifacts, backend)
+    lean = TurboPipeline.from_artifacts(sd_artifacts, backend, vae_encoder=False)
+    assert "vae_encoder" in full.backend.components and "vae_encoder" not in lean.backend.components
+    expected = full("a fox", seed=4, output_type="np").images
+    assert np.array_equal(lean("a fox", seed=4, output_type="np").images, expected)
+    with pytest.raises(InputError, match=r"^this pipeline was loaded without its VAE encoder \(vae_encoder=False\)"):
+        lean("a fox", image=full("a fox", seed=4).images[0], strength=0.5, seed=4)
+
+
 def test_openvino_defaults_to_the_hardware_precision_and_honours_dtype(sd_artifacts):
     default = TurboPipeline.from_artifacts(sd_artifacts, "openvino").backend
     f32 = TurboPipeline.from_artifacts(sd_artifacts, "openvino", dtype="float32").backend

@@ -201,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = check_out(args.out, args.num_images)
     # With --artifacts (and a refiner folder) the request is checked before any model is compiled.
     pipe = refiner = None
+    own = {**options, "vae_encoder": args.image is not None}  # text-to-image loads no VAE encoder
     if args.model:
-        pipe = _load(args.model, args, options, artifacts=False)
+        pipe = _load(args.model, args, own, artifacts=False)
     artifacts = pipe.artifacts if pipe else Artifacts.load(args.artifacts)
     request = request.resolved(artifacts.family)
     request.check(artifacts)
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             check_refiner(artifacts, Artifacts.load(args.refiner), request, high_noise_frac)
         refiner = _load(args.refiner, args, options, artifacts=is_folder)
     if pipe is None:
-        pipe = _load(args.artifacts, args, options, artifacts=True)
+        pipe = _load(args.artifacts, args, own, artifacts=True)
     for p in (pipe, refiner):
         if p is not None:
             p.progress = not args.quiet

@@ -22,6 +22,7 @@ class BackendOptions:
     dtype: str | None = None  # inference precision; None picks the backend's best for the device
     threads: int | None = None  # CPU threads; None lets the engine decide
     cache_dir: Path | None = None  # compiled-model cache (OpenVINO, and ONNX Runtime's OpenVINO provider)
+    vae_encoder: bool = True  # False loads no VAE encoder: text-to-image only, less memory, a faster start
     # Tuning of PyTorch modules, for the torch backend only:
     compile_mode: str | None = None  # torch.compile mode ("default", "reduce-overhead", ...); None runs eagerly
     cuda_graphs: bool = False  # replay each component as a CUDA graph captured once (CUDA only)
@@ -74,6 +75,7 @@ class Backend:
         self.options = options
         self.family = artifacts.family
         self.io: dict[str, ComponentIO] = {c: artifacts.io(c) for c in self.family.components}
+        self.components = tuple(c for c in self.family.components if options.vae_encoder or c != "vae_encoder")
         # Latents per UNet call this backend takes: the exported static batch, unless the engine is dynamic.
         self.unet_batches: tuple[int, ...] = (artifacts.unet_batch,)
 
@@ -120,6 +122,8 @@ class Backend:
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
         """Image in [-1, 1], NCHW, to the scaled latent mean."""
+        if "vae_encoder" not in self.components:
+            raise InputError("this pipeline was loaded without its VAE encoder (vae_encoder=False): text-to-image only")
         return self._call("vae_encoder", image)[0]
 
     def predict_noise(self, latents: np.ndarray, timestep: np.ndarray, cond: Conditioning) -> np.ndarray:

@@ -70,7 +70,7 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         self._sessions = {
             c: ort.InferenceSession(str(artifacts.component_path(c, "onnx")), so, providers=providers)
-            for c in self.family.components
+            for c in self.components
         }
 
     def _run(self, component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:

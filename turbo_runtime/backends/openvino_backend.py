@@ -40,7 +40,7 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = options.threads
         self.device = device
         self._requests = {}
-        files = {c: artifacts.component_files(c, "openvino") for c in self.family.components}
+        files = {c: artifacts.component_files(c, "openvino") for c in self.components}
         # Largest first, and the weights' file pages (IR or cached blob) released as the plugin reads them: it
         # keeps the mapping although it computes from its own copy, which would count the weights twice, and
         # compiling the UNet beside the others' copies would raise the peak further.

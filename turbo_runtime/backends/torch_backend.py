@@ -126,7 +126,8 @@ class TorchBackend(Backend):
         self._dtypes = {c: torch.float32 if dtype == "float16" and self.upcast(c) else _DTYPES[dtype] for c in self.io}
         self._channels_last = options.channels_last
         vae_path = vae.path if vae else None
-        self._modules = load_model(source.path, self.family, source.variant, vae_path=vae_path).modules  # f32, CPU
+        modules = load_model(source.path, self.family, source.variant, vae_path=vae_path).modules  # f32, CPU
+        self._modules = {c: m for c, m in modules.items() if c in self.components}
         for component, module in self._modules.items():
             module.to(device=device, dtype=self._dtypes[component])
             if self._channels_last:  # the 4-D weights, the convolutions'; the text encoders have none
