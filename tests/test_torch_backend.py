@@ -103,6 +103,13 @@ def test_compiled_components_are_compiled_and_warmed_up_in_the_constructor(artif
     assert fake.calls["UNet"] == torch_backend.WARMUP_CALLS + 2 * len(requests)
 
 
+def test_without_the_vae_encoder_none_is_compiled(sd_artifacts, monkeypatch):
+    fake = _FakeCompile()
+    monkeypatch.setattr(torch_backend.torch, "compile", fake)
+    TurboPipeline.from_artifacts(sd_artifacts, "torch", device="cpu", compile_mode="default", vae_encoder=False)
+    assert sorted(name for name, _ in fake.asked) == ["TextEncoder", "UNet", "VaeDecoder"]
+
+
 def test_compile_failure_names_the_component_in_one_line(sd_artifacts, monkeypatch):
     def broken(module, **kwargs):
         def call(*inputs):
