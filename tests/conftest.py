@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -20,6 +21,14 @@ FAMILY_MODELS = {
     "sdxl": "tiny-sdxl",
     "sdxl-refiner": "tiny-sdxl-refiner",
 }
+# The formats the session's exports write by default: those whose packages are installed (both, in CI). On a
+# machine with PyTorch alone none is, and the torch backend reads none (--export-formats none says so anywhere).
+INSTALLED_FORMATS = tuple(
+    fmt
+    for fmt, packages in {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}.items()
+    if all(importlib.util.find_spec(p) is not None for p in packages)
+)
+EXPORT_FORMATS = INSTALLED_FORMATS  # set from --export-formats in pytest_configure
 
 
 # Property-based tests: the same examples on every run by default, so a red run is reproducible; the "explore"
@@ -29,14 +38,37 @@ settings.register_profile("explore", max_examples=500)
 settings.load_profile("default")
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--torch-device",
+        default="cpu",
+        help="device of the torch backend in the parity tests, and of the diffusers references it is compared "
+        "with: cpu (default), cuda or cuda:N",
+    )
+    parser.addoption(
+        "--export-formats",
+        help="formats of the tiny exports: comma-separated, or none (default: those installed, "
+        f"{','.join(INSTALLED_FORMATS) or 'none'}); tests of a backend whose format is left out fail",
+    )
+
+
+@pytest.fixture(scope="session")
+def torch_device(request) -> str:
+    return request.config.getoption("--torch-device")
+
+
 def pytest_configure(config):
+    global EXPORT_FORMATS
+    given = config.getoption("--export-formats")
+    if given is not None:
+        EXPORT_FORMATS = () if given == "none" else tuple(f for f in given.split(",") if f)
     cache = Path(config.rootpath) / ".pytest_cache" / "turbo-runtime-cache"
     os.environ.setdefault("TURBO_RUNTIME_CACHE", str(cache))
 
 
 @pytest.fixture(scope="session")
 def export_tiny(tmp_path_factory):
-    """Export a tiny replica once per session (default: SIZE x SIZE, both formats, fp32); returns its folder."""
+    """Export a tiny replica once per session (default: SIZE x SIZE, EXPORT_FORMATS, fp32); returns its folder."""
     from export.exporter import ExportConfig, export_model
 
     made: dict[tuple, Path] = {}
@@ -44,11 +76,12 @@ def export_tiny(tmp_path_factory):
     def get(
         model: str,
         precision: str = "fp32",
-        formats=("onnx", "openvino"),
+        formats: tuple[str, ...] | None = None,
         size: int = SIZE,
         unet_batch: int = 1,
         vae: str | None = None,
     ) -> Path:
+        formats = EXPORT_FORMATS if formats is None else formats
         key = (model, precision, formats, size, unet_batch, vae)
         if key not in made:
             out = tmp_path_factory.mktemp("artifacts") / f"{model}-{precision}"

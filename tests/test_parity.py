@@ -1,4 +1,7 @@
-"""Every backend against diffusers' own pipelines on the same weights, scheduler and noise (fp32, max |diff| <= 1e-3)."""
+"""Every backend against diffusers' own pipelines on the same weights, scheduler and noise (fp32, max |diff| <= 1e-3).
+
+The torch backend and its references run on --torch-device (default cpu; cuda on a GPU), the others on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -44,34 +47,44 @@ def init_image() -> Image.Image:
 
 
 @pytest.fixture(scope="session")
+def device_of(torch_device):
+    """backend -> the device it and its diffusers reference run on."""
+    return lambda backend: torch_device if backend == "torch" else "cpu"
+
+
+@pytest.fixture(scope="session")
 def reference_pipes():
-    """family -> (text-to-image, image-to-image) diffusers pipelines on the tiny replica, loaded on first use."""
+    """(family, device) -> (text-to-image, image-to-image) diffusers pipelines on the tiny replica, loaded on first
+    use."""
     made = {}
 
-    def get(family: str):
-        if family not in made:
+    def get(family: str, device: str = "cpu"):
+        if (family, device) not in made:
             t2i, i2i = PIPELINES[family]
-            img = getattr(diffusers, i2i).from_pretrained(replica_path(FAMILY_MODELS[family]))
+            img = getattr(diffusers, i2i).from_pretrained(replica_path(FAMILY_MODELS[family])).to(device)
             img.set_progress_bar_config(disable=True)
             base = getattr(diffusers, t2i).from_pipe(img) if t2i else None
             if base is not None:
                 base.set_progress_bar_config(disable=True)
-            made[family] = (base, img)
-        return made[family]
+            made[family, device] = (base, img)
+        return made[family, device]
 
     return get
 
 
 @pytest.fixture(scope="session")
-def turbo_pipes(artifacts_of):
+def turbo_pipes(artifacts_of, device_of):
     made = {}
 
-    def get(family: str, backend: str) -> TurboPipeline:
-        if (family, backend) not in made:
-            # f32 on OpenVINO: the CPU plugin would otherwise pick bf16 on this hardware.
-            dtype = "float32" if backend != "onnxruntime" else None
-            made[family, backend] = TurboPipeline.from_artifacts(artifacts_of[family], backend, dtype=dtype)
-        return made[family, backend]
+    def get(family: str, backend: str, dtype: str | None = None) -> TurboPipeline:
+        # f32 on OpenVINO: the CPU plugin would otherwise pick bf16 on this hardware.
+        dtype = dtype or ("float32" if backend != "onnxruntime" else None)
+        if (family, backend, dtype) not in made:
+            device = device_of(backend) if backend == "torch" else None
+            made[family, backend, dtype] = TurboPipeline.from_artifacts(
+                artifacts_of[family], backend, device=device, dtype=dtype
+            )
+        return made[family, backend, dtype]
 
     return get
 
@@ -81,7 +94,7 @@ def feed_noise(monkeypatch, source: NoiseSource) -> None:
     import importlib
 
     def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-        return torch.from_numpy(source.normal(tuple(shape))).to(dtype=dtype or torch.float32)
+        return torch.from_numpy(source.normal(tuple(shape))).to(device=device, dtype=dtype or torch.float32)
 
     for name in NOISE_MODULES:
         monkeypatch.setattr(importlib.import_module(name), "randn_tensor", randn_tensor)
@@ -106,15 +119,17 @@ def diffusers_text_to_image(pipe, monkeypatch, seed: int, steps: int, size: int 
         ).images
 
 
-def reference(pipes, family, monkeypatch, seed, steps, image=None, strength=None, scheduler=None, **guidance):
-    base, img2img = pipes(family)
+def reference(
+    pipes, family, monkeypatch, seed, steps, image=None, strength=None, scheduler=None, device="cpu", **guidance
+):
+    base, img2img = pipes(family, device)
     guidance.setdefault("guidance_scale", 0.0)
     if image is None:
         return diffusers_text_to_image(with_scheduler(base, scheduler), monkeypatch, seed, steps, **guidance)
     source = NoiseSource(seed)
     with torch.no_grad():
         # diffusers samples from the VAE posterior; our encoder gives its mean, so hand diffusers that mean.
-        pixels = torch.from_numpy(load_image(image, SIZE, SIZE))
+        pixels = torch.from_numpy(load_image(image, SIZE, SIZE)).to(device)
         mean = img2img.vae.encode(pixels).latent_dist.mean * img2img.vae.config.scaling_factor
         feed_noise(monkeypatch, source)
         return with_scheduler(img2img, scheduler)(
@@ -125,8 +140,8 @@ def reference(pipes, family, monkeypatch, seed, steps, image=None, strength=None
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", TURBO)
 @pytest.mark.parametrize("steps", [1, 2, 4])
-def test_text_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, family, backend, steps):
-    expected = reference(reference_pipes, family, monkeypatch, seed=11, steps=steps)
+def test_text_to_image_equals_diffusers(reference_pipes, turbo_pipes, device_of, monkeypatch, family, backend, steps):
+    expected = reference(reference_pipes, family, monkeypatch, seed=11, steps=steps, device=device_of(backend))
     actual = turbo_pipes(family, backend)(PROMPT, num_inference_steps=steps, seed=11, output_type="np").images
     assert actual.shape == expected.shape == (1, SIZE, SIZE, 3)
     assert_not_degenerate(expected)
@@ -136,9 +151,14 @@ def test_text_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatc
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", TURBO)
 @pytest.mark.parametrize("steps,strength", [(1, 1.0), (2, 0.5), (4, 0.75)])
-def test_image_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, family, backend, steps, strength):
+def test_image_to_image_equals_diffusers(
+    reference_pipes, turbo_pipes, device_of, monkeypatch, family, backend, steps, strength
+):
     image = init_image()
-    expected = reference(reference_pipes, family, monkeypatch, seed=5, steps=steps, image=image, strength=strength)
+    device = device_of(backend)
+    expected = reference(
+        reference_pipes, family, monkeypatch, seed=5, steps=steps, image=image, strength=strength, device=device
+    )
     result = turbo_pipes(family, backend)(
         PROMPT, image=image, strength=strength, num_inference_steps=steps, seed=5, output_type="np"
     )
@@ -149,9 +169,11 @@ def test_image_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypat
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family,guidance", [(f, g) for f, gs in GUIDED.items() for g in gs])
-def test_guided_text_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, family, guidance, backend):
+def test_guided_text_to_image_equals_diffusers(
+    reference_pipes, turbo_pipes, device_of, monkeypatch, family, guidance, backend
+):
     """SD 1.x with its DPM-Solver++ and SDXL base with Euler, under classifier-free guidance."""
-    expected = reference(reference_pipes, family, monkeypatch, seed=3, steps=6, **guidance)
+    expected = reference(reference_pipes, family, monkeypatch, seed=3, steps=6, device=device_of(backend), **guidance)
     actual = turbo_pipes(family, backend)(PROMPT, num_inference_steps=6, seed=3, output_type="np", **guidance)
     assert_not_degenerate(expected)
     assert np.abs(actual.images - expected).max() <= TOLERANCE
@@ -159,26 +181,42 @@ def test_guided_text_to_image_equals_diffusers(reference_pipes, turbo_pipes, mon
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_guidance_in_one_batch_2_call_equals_diffusers(reference_pipes, export_tiny, monkeypatch, family, backend):
+def test_guidance_in_one_batch_2_call_equals_diffusers(
+    reference_pipes, export_tiny, device_of, monkeypatch, family, backend
+):
     """Artifacts whose UNet takes both branches at once (turbo-export --unet-batch 2) give the same images."""
     guidance = GUIDED[family][1]
-    expected = reference(reference_pipes, family, monkeypatch, seed=3, steps=4, **guidance)
+    device = device_of(backend)
+    expected = reference(reference_pipes, family, monkeypatch, seed=3, steps=4, device=device, **guidance)
     artifacts = export_tiny(FAMILY_MODELS[family], unet_batch=2)
-    pipe = TurboPipeline.from_artifacts(artifacts, backend, dtype="float32" if backend != "onnxruntime" else None)
+    pipe = TurboPipeline.from_artifacts(
+        artifacts,
+        backend,
+        device=device if backend == "torch" else None,
+        dtype="float32" if backend != "onnxruntime" else None,
+    )
     assert pipe.artifacts.unet_batch == 2
     actual = pipe(PROMPT, num_inference_steps=4, seed=3, output_type="np", **guidance).images
     assert np.abs(actual - expected).max() <= TOLERANCE
-    unguided = reference(reference_pipes, family, monkeypatch, seed=3, steps=2, guidance_scale=1.0)
+    unguided = reference(reference_pipes, family, monkeypatch, seed=3, steps=2, device=device, guidance_scale=1.0)
     actual = pipe(PROMPT, num_inference_steps=2, seed=3, output_type="np", guidance_scale=1.0).images
     assert np.abs(actual - unguided).max() <= TOLERANCE
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", ["sd1", "sdxl", "sdxl-refiner"])
-def test_guided_image_to_image_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, family, backend):
+def test_guided_image_to_image_equals_diffusers(reference_pipes, turbo_pipes, device_of, monkeypatch, family, backend):
     image = init_image()
     expected = reference(
-        reference_pipes, family, monkeypatch, seed=4, steps=5, image=image, strength=0.6, guidance_scale=5.0
+        reference_pipes,
+        family,
+        monkeypatch,
+        seed=4,
+        steps=5,
+        image=image,
+        strength=0.6,
+        guidance_scale=5.0,
+        device=device_of(backend),
     )
     result = turbo_pipes(family, backend)(
         PROMPT, image=image, strength=0.6, num_inference_steps=5, guidance_scale=5.0, seed=4, output_type="np"
@@ -199,10 +237,10 @@ def test_switched_scheduler_equals_diffusers(reference_pipes, turbo_pipes, monke
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_refiner_ensemble_equals_diffusers(reference_pipes, turbo_pipes, monkeypatch, backend):
+def test_refiner_ensemble_equals_diffusers(reference_pipes, turbo_pipes, device_of, monkeypatch, backend):
     """SDXL base to denoising_end, latents handed to the refiner from denoising_start (ensemble of experts)."""
-    base, _ = reference_pipes("sdxl")
-    _, refiner = reference_pipes("sdxl-refiner")
+    base, _ = reference_pipes("sdxl", device_of(backend))
+    _, refiner = reference_pipes("sdxl-refiner", device_of(backend))
     source = NoiseSource(9)
     with torch.no_grad():
         latents = torch.from_numpy(source.normal((1, 4, SIZE // 8, SIZE // 8)))
@@ -217,6 +255,7 @@ def test_refiner_ensemble_equals_diffusers(reference_pipes, turbo_pipes, monkeyp
             output_type="latent",
         ).images
         expected = refiner(PROMPT, image=handed, num_inference_steps=8, denoising_start=0.7, output_type="np").images
+        handed = handed.cpu()
     ours = turbo_pipes("sdxl", backend)
     ours_handed = ours(PROMPT, num_inference_steps=8, seed=9, denoising_end=0.7, output_type="latent").images
     assert np.abs(ours_handed - handed.numpy()).max() <= TOLERANCE * max(1.0, float(handed.abs().max()))
@@ -271,16 +310,22 @@ def test_sdxl_images_carry_the_watermark_as_in_diffusers(export_tiny, monkeypatc
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", TURBO)
-def test_tiny_vae_equals_diffusers_with_autoencoder_tiny(export_tiny, monkeypatch, family, backend):
+def test_tiny_vae_equals_diffusers_with_autoencoder_tiny(export_tiny, device_of, monkeypatch, family, backend):
     """--vae tiny: diffusers' pipeline given the same AutoencoderTiny, text-to-image and image-to-image."""
     t2i, i2i = PIPELINES[family]
+    device = device_of(backend)
     tiny = diffusers.AutoencoderTiny.from_pretrained(replica_path("tiny-taesd"))
-    base = getattr(diffusers, t2i).from_pretrained(replica_path(FAMILY_MODELS[family]), vae=tiny)
+    base = getattr(diffusers, t2i).from_pretrained(replica_path(FAMILY_MODELS[family]), vae=tiny).to(device)
     base.set_progress_bar_config(disable=True)
     img2img = getattr(diffusers, i2i).from_pipe(base, vae=tiny)
     img2img.set_progress_bar_config(disable=True)
     artifacts = export_tiny(FAMILY_MODELS[family], vae="tiny")
-    pipe = TurboPipeline.from_artifacts(artifacts, backend, dtype="float32" if backend != "onnxruntime" else None)
+    pipe = TurboPipeline.from_artifacts(
+        artifacts,
+        backend,
+        device=device if backend == "torch" else None,
+        dtype="float32" if backend != "onnxruntime" else None,
+    )
     assert pipe.artifacts.manifest["vae"]["id"] == "tiny-taesd"
     expected = diffusers_text_to_image(base, monkeypatch, seed=6, steps=2, guidance_scale=0.0)
     actual = pipe(PROMPT, num_inference_steps=2, seed=6, output_type="np").images
@@ -289,9 +334,32 @@ def test_tiny_vae_equals_diffusers_with_autoencoder_tiny(export_tiny, monkeypatc
     image = init_image()
     source = NoiseSource(7)
     with torch.no_grad():
-        encoded = tiny.encode(torch.from_numpy(load_image(image, SIZE, SIZE))).latents * tiny.config.scaling_factor
+        pixels = torch.from_numpy(load_image(image, SIZE, SIZE)).to(device)
+        encoded = tiny.encode(pixels).latents * tiny.config.scaling_factor
         feed_noise(monkeypatch, source)
         expected = img2img(PROMPT, image=encoded, strength=0.5, num_inference_steps=2, guidance_scale=0.0,
                            output_type="np").images  # fmt: skip
     actual = pipe(PROMPT, image=image, strength=0.5, num_inference_steps=2, seed=7, output_type="np").images
     assert np.abs(actual - expected).max() <= TOLERANCE
+
+
+def psnr_db(image: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR of two images in [0, 1] once made uint8, as they are saved."""
+    a, b = ((x * 255).round() for x in (image, reference))
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize("family", TURBO)
+def test_torch_low_precision_drift(turbo_pipes, torch_device, record_property, family):
+    """float16 on CUDA (bfloat16 on the CPU) against float32 on the same latents. The PSNR is recorded for
+    benchmarks/gpu_check.py to report; the floor catches a broken cast, it is not the quality bound (40 dB, checked
+    on the full-size replicas there)."""
+    low = "float16" if torch_device.startswith("cuda") else "bfloat16"
+    expected = turbo_pipes(family, "torch")(PROMPT, num_inference_steps=2, seed=11, output_type="np").images
+    actual = turbo_pipes(family, "torch", low)(PROMPT, num_inference_steps=2, seed=11, output_type="np").images
+    psnr = psnr_db(actual, expected)
+    record_property("dtype", low)
+    record_property("psnr_db", round(psnr, 2))
+    assert_not_degenerate(actual)
+    assert psnr >= 30.0

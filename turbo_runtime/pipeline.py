@@ -308,13 +308,26 @@ class TurboPipeline:
         threads: int | None = None,
         cache_dir: str | Path | None = None,
         vae_encoder: bool = True,
+        compile_mode: str | None = None,
+        cuda_graphs: bool = False,
+        channels_last: bool = False,
     ) -> TurboPipeline:
         """Load and compile exported artifacts; `backend` "auto" takes the first of OpenVINO, ONNX Runtime and torch
         that is installed and reads them (turbo_runtime.auto). `vae_encoder=False` leaves the VAE encoder out:
-        text-to-image only, with less memory and a shorter start."""
+        text-to-image only, with less memory and a shorter start. compile_mode, cuda_graphs and channels_last tune
+        the torch backend's modules (BackendOptions)."""
         artifacts = Artifacts.load(path)
         choice = choose(backend, artifacts.precision, formats=artifacts.manifest["formats"], device=device)
-        options = BackendOptions(device, dtype, threads, Path(cache_dir) if cache_dir else None, vae_encoder)
+        options = BackendOptions(
+            device,
+            dtype,
+            threads,
+            Path(cache_dir) if cache_dir else None,
+            vae_encoder,
+            compile_mode=compile_mode,
+            cuda_graphs=cuda_graphs,
+            channels_last=channels_last,
+        )
         return cls(artifacts, create_backend(choice.backend, artifacts, options), choice)
 
     @classmethod

@@ -23,6 +23,10 @@ class BackendOptions:
     threads: int | None = None  # CPU threads; None lets the engine decide
     cache_dir: Path | None = None  # compiled-model caches (OpenVINO; ONNX Runtime's optimized graphs)
     vae_encoder: bool = True  # False loads no VAE encoder: text-to-image only, less memory, a faster start
+    # Tuning of PyTorch modules, for the torch backend only:
+    compile_mode: str | None = None  # torch.compile mode ("default", "reduce-overhead", ...); None runs eagerly
+    cuda_graphs: bool = False  # replay each component as a CUDA graph captured once (CUDA only)
+    channels_last: bool = False  # convolutions on NHWC tensors
 
 
 @dataclass(frozen=True)
@@ -57,12 +61,16 @@ class Backend:
     artifact_format: ClassVar[str | None]  # the export format it reads, None for the torch backend
     device: str  # the engine's own name of the device it runs on
     inference_precision: str  # what it computes in: "f32", "bf16", "f16", or the exported graph's ("int8")
+    tunes_torch_modules: ClassVar[bool] = False  # takes compile_mode, cuda_graphs and channels_last
 
     def __init__(self, artifacts: Artifacts, options: BackendOptions):
         if options.dtype is not None and options.dtype not in DTYPES:
             raise InputError(f"unknown dtype {options.dtype!r}; choose from: {', '.join(DTYPES)}")
         if options.threads is not None and options.threads < 1:
             raise InputError(f"threads must be at least 1, got {options.threads}")
+        tuning = [f for f in ("compile_mode", "cuda_graphs", "channels_last") if getattr(options, f)]
+        if tuning and not self.tunes_torch_modules:
+            raise InputError(f"{', '.join(tuning)}: options of the torch backend, not of {self.name}")
         self.artifacts = artifacts
         self.options = options
         self.family = artifacts.family
