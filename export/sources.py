@@ -10,11 +10,10 @@ import json
 import os
 import socket
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
-
-import tomllib
 
 from export.replicas import REPLICAS, replica_path
 from turbo_runtime.errors import SourceError
