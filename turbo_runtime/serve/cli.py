@@ -6,10 +6,12 @@ import argparse
 import ipaddress
 import logging
 import os
+import random
 import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 from turbo_runtime.auto import AUTO
 from turbo_runtime.cli import add_pipeline_arguments, cli_errors, setup_logging
@@ -66,6 +68,25 @@ def _listen(host: str, port: int) -> socket.socket:
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def _port_outside_ephemeral(host: str) -> int:
+    """A free port for Ray Serve's proxy, which binds it only once Ray runs: one outside the kernel's ephemeral
+    range, from which Ray's own processes draw the ports they bind meanwhile, and above Ray's worker ports
+    (10002-19999). A port the OS picked (--port 0 as usual) could be taken by one of them before the proxy binds."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = list(range(20000, low)) or list(range(low, 65536))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        try:
+            with _listen(host, port):
+                return port
+        except InputError:
+            continue
+    raise InputError(f"no free port found on {host} for Ray Serve's proxy; pass --port")
 
 
 def draining_server(uvicorn, config, service, drain_seconds: float):
@@ -211,8 +232,9 @@ def _serve_on_ray(args: argparse.Namespace, source, settings) -> int:
     source = dataclasses.replace(source, artifacts=args.artifacts.expanduser().resolve())
     if options.address is None:
         source.check()  # this machine runs every replica: fail before starting Ray
-        with _listen(args.host, args.port) as sock:  # a taken port fails now; --port 0 picks one for Ray
-            port = sock.getsockname()[1]
+        port = args.port or _port_outside_ephemeral(args.host)
+        with _listen(args.host, port):  # a taken port fails now, before Ray starts
+            pass
     elif not 1 <= args.port <= 65535:  # every node's proxy listens on it: a free port here proves nothing there
         raise InputError(f"--port must be from 1 to 65535 with --ray-address, got {args.port}")
     else:
