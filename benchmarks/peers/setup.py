@@ -89,21 +89,22 @@ def command(peer: str) -> str:
     return f"{COMMAND} {peer}"
 
 
-STEPS = ("making the venv", "installing torch first", "installing the pinned requirements",
-         "installing without dependencies", "checking the requirements")  # fmt: skip
-
-
-def plan(peer: str, python: str = sys.executable) -> list[list[str]]:
-    """The commands that create the environment, in order (one per STEPS; none for an empty no-deps list)."""
+def steps(peer: str, python: str = sys.executable) -> list[tuple[str, list[str]]]:
+    """The steps that create the environment, in order: what each does, and its command."""
     requirements, first, no_deps, _ = PEERS[peer]
     pip = [str(env_python(peer)), "-m", "pip"]
     return [
-        [python, "-m", "venv", str(env_dir(peer))],
-        [*pip, "install", *first],
-        [*pip, "install", "-r", str(HERE / requirements)],
-        *([[*pip, "install", "--no-deps", *no_deps]] if no_deps else []),
-        [str(env_python(peer)), str(Path(__file__).resolve()), "--check", peer],
+        ("making the venv", [python, "-m", "venv", str(env_dir(peer))]),
+        ("installing torch first", [*pip, "install", *first]),
+        ("installing the pinned requirements", [*pip, "install", "-r", str(HERE / requirements)]),
+        *([("installing without dependencies", [*pip, "install", "--no-deps", *no_deps])] if no_deps else []),
+        ("checking the requirements", [str(env_python(peer)), str(Path(__file__).resolve()), "--check", peer]),
     ]
+
+
+def plan(peer: str, python: str = sys.executable) -> list[list[str]]:
+    """The commands that create the environment, in order."""
+    return [command for _, command in steps(peer, python)]
 
 
 def check(peer: str) -> int:
@@ -132,8 +133,7 @@ def create(peer: str, python: str = sys.executable, quiet: bool = False, force: 
         if not force and (done := ready(peer)) is not None:
             return done
         shutil.rmtree(folder, ignore_errors=True)  # incomplete, made from other pins, or forced
-        steps = [s for s in STEPS if PEERS[peer][2] or s != "installing without dependencies"]
-        for what, step in zip(steps, plan(peer, python)):
+        for what, step in steps(peer, python):
             if quiet and step[1:3] == ["-m", "pip"]:
                 step = [*step[:4], "-q", *step[4:]]
             print(f"{peer}: {what}: {' '.join(step)}", file=sys.stderr, flush=True)

@@ -232,9 +232,10 @@ def _serve_on_ray(args: argparse.Namespace, source, settings) -> int:
     source = dataclasses.replace(source, artifacts=args.artifacts.expanduser().resolve())
     if options.address is None:
         source.check()  # this machine runs every replica: fail before starting Ray
+        if args.port:
+            with _listen(args.host, args.port):  # a taken port fails now, before Ray starts
+                pass
         port = args.port or _port_outside_ephemeral(args.host)
-        with _listen(args.host, port):  # a taken port fails now, before Ray starts
-            pass
     elif not 1 <= args.port <= 65535:  # every node's proxy listens on it: a free port here proves nothing there
         raise InputError(f"--port must be from 1 to 65535 with --ray-address, got {args.port}")
     else:
