@@ -165,6 +165,27 @@ def test_a_pipeline_without_its_vae_encoder_draws_the_same_and_refuses_an_image(
         lean("a fox", image=full("a fox", seed=4).images[0], strength=0.5, seed=4)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_one_shot_pipeline_frees_each_component_after_use_and_draws_the_same(artifacts_of, backend):
+    family = "sdxl-turbo" if backend == "openvino" else "sd-turbo"  # two text encoders, on one backend
+    kept = TurboPipeline.from_artifacts(artifacts_of[family], backend)
+    expected = kept(["a fox", "a hare"], num_images_per_prompt=2, seed=4, output_type="np").images
+    picture = kept("a fox", seed=4).images[0]
+    for image in (None, picture):
+        once = TurboPipeline.from_artifacts(artifacts_of[family], backend, vae_encoder=image is not None)
+        once.one_shot = True  # as turbo-run loads and calls it
+        if image is None:
+            drawn = once(["a fox", "a hare"], num_images_per_prompt=2, seed=4, output_type="np").images
+            assert np.array_equal(drawn, expected)
+        else:
+            drawn = once("a fox", image=image, strength=0.5, seed=4, output_type="np").images
+            assert np.array_equal(drawn, kept("a fox", image=image, strength=0.5, seed=4, output_type="np").images)
+        assert once.backend.components == ("vae_decoder",)
+        with pytest.raises(InputError, match=rf"^{kept.family.text_encoders[0]} was released after its last use"):
+            once("a fox", seed=4)
+    assert kept.backend.components == kept.family.components
+
+
 def test_openvino_defaults_to_the_hardware_precision_and_honours_dtype(sd_artifacts):
     default = TurboPipeline.from_artifacts(sd_artifacts, "openvino").backend
     f32 = TurboPipeline.from_artifacts(sd_artifacts, "openvino", dtype="float32").backend

@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (pipe, refiner):
         if p is not None:
             p.progress = not args.quiet
+            p.one_shot = True  # one call: each component's memory is freed once the call is done with it
     choice = pipe.choice
     log = logging.getLogger("turbo-run")
     log.info(

@@ -297,6 +297,10 @@ class TurboPipeline:
         self.latent_shape = artifacts.latent_shape
         self.options = artifacts.pipeline_options
         self.progress = False  # a progress bar over the denoising steps (turbo-run turns it on)
+        # One call only (turbo-run): each component is released once the call is done with it, so the VAE
+        # decoder's working memory reuses what the encoders and the UNet held (sd-turbo at full quality: peak RSS
+        # 3.07 -> 2.66 GiB); a later call that needs a released component raises InputError.
+        self.one_shot = False
 
     @classmethod
     def from_artifacts(
@@ -529,6 +533,8 @@ class TurboPipeline:
         prompts = zip(request.prompts, request.negative_prompts)
         conditionings = [self._conditioning(p, negative, request.guided) for p, negative in prompts]
         timings["text_encoder"] = time.perf_counter() - t0
+        if self.one_shot:
+            self.backend.release(*self.family.text_encoders)
 
         # 3. Timesteps: all of them, the last int(steps * strength), or the part before / after a hand-over
         schedule = sampler.schedule(request.steps)
@@ -537,6 +543,8 @@ class TurboPipeline:
             t0 = time.perf_counter()
             image_latents = self.backend.encode_image(init_image)
             timings["vae_encoder"] = time.perf_counter() - t0
+            if self.one_shot:
+                self.backend.release("vae_encoder")
 
         outputs = []
         bar = tqdm(total=request.total_images * (last - first), desc="denoise", unit="step", disable=not self.progress)
@@ -565,18 +573,20 @@ class TurboPipeline:
                 x = sampler.step(schedule, i, eps, x, noise, history)
                 timings["unet"].append(time.perf_counter() - t0)
                 bar.update(1)
-            if request.output_type == "latent":
-                outputs.append(x[0])
-                continue
-
-            # 6. Decode (and watermark SDXL images, as diffusers does)
-            t0 = time.perf_counter()
-            decoded = self.backend.decode(x)
-            if mark:
-                decoded = wm.apply_watermark(decoded)
-            timings["vae_decoder"] = timings.get("vae_decoder", 0.0) + time.perf_counter() - t0
-            outputs.append(np.clip(decoded[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0))
+            outputs.append(x)
         bar.close()
+        if self.one_shot:
+            self.backend.release("unet")
+        if request.output_type == "latent":
+            outputs = [x[0] for x in outputs]
+        else:  # 6. Decode (and watermark SDXL images, as diffusers does)
+            t0 = time.perf_counter()
+            for n, x in enumerate(outputs):
+                decoded = self.backend.decode(x)
+                if mark:
+                    decoded = wm.apply_watermark(decoded)
+                outputs[n] = np.clip(decoded[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
+            timings["vae_decoder"] = time.perf_counter() - t0
 
         # 7. Convert
         result = np.stack(outputs).astype(np.float32)

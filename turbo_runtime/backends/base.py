@@ -76,6 +76,7 @@ class Backend:
         self.family = artifacts.family
         self.io: dict[str, ComponentIO] = {c: artifacts.io(c) for c in self.family.components}
         self.components = tuple(c for c in self.family.components if options.vae_encoder or c != "vae_encoder")
+        self.released: tuple[str, ...] = ()  # components freed by release()
         # Latents per UNet call this backend takes: the exported static batch, unless the engine is dynamic.
         self.unet_batches: tuple[int, ...] = (artifacts.unet_batch,)
 
@@ -96,7 +97,21 @@ class Backend:
         """Run one component on inputs in manifest order; outputs float32, in manifest order."""
         raise NotImplementedError
 
+    def _release(self, component: str) -> None:
+        """Drop the engine's compiled `component`, and with it the memory it holds."""
+        raise NotImplementedError
+
+    def release(self, *components: str) -> None:
+        """Free `components` after their last use (a one-shot pipeline); calling one afterwards raises InputError."""
+        for component in components:
+            if component in self.components:
+                self._release(component)
+                self.released += (component,)
+        self.components = tuple(c for c in self.components if c not in components)
+
     def _call(self, component: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        if component in self.released:
+            raise InputError(f"{component} was released after its last use (a one-shot pipeline); load it again")
         specs = self.io[component].inputs
         batch = inputs[0].shape[0] if component == "unet" and inputs[0].shape[0] in self.unet_batches else None
         checked = []

@@ -178,6 +178,9 @@ class OnnxRuntimeBackend(Backend):
         )
         return [np.asarray(o, dtype=np.float32) for o in outs]
 
+    def _release(self, component: str) -> None:
+        del self._sessions[component]
+
 
 def _complete(cache: Path, settings: dict) -> bool:
     """Whether `cache` holds a whole saved graph made under `settings`: its record, and every file it lists."""

@@ -60,3 +60,6 @@ class OpenVINOBackend(Backend):
         request = self._requests[component]
         request.infer({spec.name: x for spec, x in zip(self.io[component].inputs, inputs)}, share_inputs=True)
         return [np.array(request.get_tensor(spec.name).data, dtype=np.float32) for spec in self.io[component].outputs]
+
+    def _release(self, component: str) -> None:
+        del self._requests[component]  # the request holds the only reference to its compiled model

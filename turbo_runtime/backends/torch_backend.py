@@ -193,3 +193,6 @@ class TorchBackend(Backend):
             out = self._calls[component](*tensors)
             outs = out if isinstance(out, tuple) else (out,)
             return [o.float().cpu().numpy() for o in outs]
+
+    def _release(self, component: str) -> None:
+        del self._modules[component], self._calls[component]
