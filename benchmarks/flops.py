@@ -16,24 +16,31 @@ def _shape(port) -> list[int]:
     return [d.get_length() for d in port.get_partial_shape()]
 
 
+def op_flops(op) -> int:
+    """FLOPs of one node of a static-shaped OpenVINO model: convolutions (transposed ones too), matrix products and
+    attention; 0 for anything else."""
+    kind = op.get_type_name()
+    if kind in ("Convolution", "GroupConvolution"):
+        weight = _shape(op.input(1))  # Cout, Cin, kh, kw (GroupConvolution: G, Cout/G, Cin/G, kh, kw)
+        return 2 * int(np.prod(_shape(op.output(0)))) * int(np.prod(weight[-3:]))
+    if kind == "ConvolutionBackpropData":  # each input element scatters into Cout x kh x kw outputs
+        weight = _shape(op.input(1))  # Cin, Cout, kh, kw
+        return 2 * int(np.prod(_shape(op.input(0)))) * int(np.prod(weight[1:]))
+    if kind == "MatMul":
+        a = _shape(op.input(0))
+        k = a[-2] if op.get_attributes()["transpose_a"] else a[-1]
+        return 2 * int(np.prod(_shape(op.output(0)))) * k
+    if kind == "ScaledDotProductAttention":
+        q, k = _shape(op.input(0)), _shape(op.input(1))  # ..., L, E and ..., S, E
+        return 2 * 2 * int(np.prod(q)) * k[-2]  # Q K^T and the weighted sum of V
+    return 0
+
+
 def graph_flops(xml: Path) -> int:
     """Convolution, matmul and attention FLOPs of one OpenVINO IR, whose shapes are all static."""
     import openvino as ov
 
-    total = 0
-    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
-        kind = op.get_type_name()
-        if kind in ("Convolution", "GroupConvolution"):
-            weight = _shape(op.input(1))  # Cout, Cin, kh, kw (GroupConvolution: G, Cout/G, Cin/G, kh, kw)
-            total += 2 * int(np.prod(_shape(op.output(0)))) * int(np.prod(weight[-3:]))
-        elif kind == "MatMul":
-            a = _shape(op.input(0))
-            k = a[-2] if op.get_attributes()["transpose_a"] else a[-1]
-            total += 2 * int(np.prod(_shape(op.output(0)))) * k
-        elif kind == "ScaledDotProductAttention":
-            q, k = _shape(op.input(0)), _shape(op.input(1))  # ..., L, E and ..., S, E
-            total += 2 * 2 * int(np.prod(q)) * k[-2]  # Q K^T and the weighted sum of V
-    return total
+    return sum(op_flops(op) for op in ov.Core().read_model(str(xml)).get_ordered_ops())
 
 
 def stage_flops(artifacts_root: Path, manifest: dict) -> dict[str, int]:

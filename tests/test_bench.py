@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SIZE, run_cli
 
@@ -275,3 +276,45 @@ def test_peer_check_accepts_only_the_deliberate_absences(monkeypatch, capsys):
     assert "transformers<5.6" in capsys.readouterr().err
     pip_check([])
     assert peer_envs.check("optimum-onnx") == 0
+
+
+def test_flops_count_transposed_convolutions_as_the_convolution_they_replace():
+    """The exporter turns 'nearest 2x, then conv3x3' into one stride-2 transposed 4x4 convolution (export.rewrites):
+    its FLOPs are those of each input element times C_out x 4 x 4, 16/36 of the convolution it replaced."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from benchmarks.flops import op_flops
+
+    x = ops.parameter([1, 8, 16, 16], ov.Type.f32)
+    weights = ops.constant(np.ones((8, 4, 4, 4), np.float32))  # C_in, C_out, kh, kw
+    up = ops.convolution_backprop_data(x, weights, [2, 2], pads_begin=[1, 1], pads_end=[1, 1])
+    conv = ops.convolution(up, ops.constant(np.ones((4, 4, 3, 3), np.float32)), [1, 1], [1, 1], [1, 1], [1, 1])
+    assert list(up.get_output_shape(0)) == [1, 4, 32, 32]
+    assert op_flops(up) == 2 * (8 * 16 * 16) * (4 * 4 * 4)
+    assert op_flops(conv) == 2 * (4 * 32 * 32) * (4 * 3 * 3)
+    assert op_flops(x.output(0).get_node()) == 0
+
+
+def test_stage_profile_groups_the_vae_decoder_by_block_and_rates_int8_against_float32(sd_artifacts, tmp_path):
+    from benchmarks.flops import graph_flops
+
+    out = tmp_path / "stages.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.stages", str(sd_artifacts), "--int8", "--samples", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    stages = report["stages"]
+    assert {"mid_block", "up_blocks.0", "up_blocks.3", "conv_out"} <= set(stages)
+    xml = sd_artifacts / "openvino" / "vae_decoder.xml"
+    assert sum(s["gflop"] for s in stages.values()) * 1e9 == pytest.approx(graph_flops(xml))
+    assert sum(s["seconds"] for s in stages.values()) > 0 and report["probe_tflops"] > 0
+    variants = report["int8"]
+    assert {"unquantized", "int8", "int8, mid_block unquantized", "int8, up_blocks.3 unquantized"} <= set(variants)
+    # bf16 or float32 arithmetic stays near the float32 decoder; int8 drifts further, and no variant is equal to it
+    assert variants["unquantized"]["psnr_db"] > 45 > variants["int8"]["psnr_db"] > 20
+    assert "| up_blocks.3 |" in result.stdout and "| int8 |" in result.stdout
