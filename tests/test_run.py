@@ -180,6 +180,8 @@ def test_a_one_shot_pipeline_frees_each_component_after_use_and_draws_the_same(a
         else:
             drawn = once("a fox", image=image, strength=0.5, seed=4, output_type="np").images
             assert np.array_equal(drawn, kept("a fox", image=image, strength=0.5, seed=4, output_type="np").images)
+            with pytest.raises(InputError, match=r"^vae_encoder was released after its last use"):
+                once.backend.encode_image(np.zeros((1, 3, SIZE, SIZE), np.float32))
         assert once.backend.components == ("vae_decoder",)
         with pytest.raises(InputError, match=rf"^{kept.family.text_encoders[0]} was released after its last use"):
             once("a fox", seed=4)

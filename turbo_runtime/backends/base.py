@@ -138,7 +138,7 @@ class Backend:
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
         """Image in [-1, 1], NCHW, to the scaled latent mean."""
-        if "vae_encoder" not in self.components:
+        if "vae_encoder" not in self.components + self.released:
             raise InputError("this pipeline was loaded without its VAE encoder (vae_encoder=False): text-to-image only")
         return self._call("vae_encoder", image)[0]
 
