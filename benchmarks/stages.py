@@ -115,13 +115,13 @@ def profile(xml: Path, threads: int) -> dict:
     }
 
 
-def pipeline_latents(artifacts: Path, prompts: tuple[str, ...], seed: int) -> list[np.ndarray]:
+def pipeline_latents(artifacts: Path, prompts: tuple[str, ...]) -> list[np.ndarray]:
     """The latents the artifacts' own pipeline hands its VAE decoder, one per prompt (OpenVINO, float32)."""
     from turbo_runtime.pipeline import TurboPipeline
 
     pipe = TurboPipeline.from_artifacts(artifacts, "openvino", dtype="float32", vae_encoder=False)
     return [
-        np.asarray(pipe(p, num_inference_steps=1, seed=seed + i, output_type="latent").images, np.float32)
+        np.asarray(pipe(p, num_inference_steps=1, seed=100 + i, output_type="latent").images, np.float32)
         for i, p in enumerate(prompts)
     ]
 
@@ -141,8 +141,9 @@ def int8_decoders(xml: Path, artifacts: Path, threads: int, samples: int) -> dic
 
     nncf.set_log_level(logging.ERROR)
     core = ov.Core()
-    calibration = pipeline_latents(artifacts, CALIBRATION_PROMPTS[:samples], seed=100)
-    test = pipeline_latents(artifacts, TEST_PROMPTS[: max(1, samples // 2)], seed=200)
+    calibration_prompts = CALIBRATION_PROMPTS[:samples]
+    latents = pipeline_latents(artifacts, calibration_prompts + TEST_PROMPTS[: max(1, samples // 2)])
+    calibration, test = latents[: len(calibration_prompts)], latents[len(calibration_prompts) :]
 
     def decode(model, precision: str | None = None) -> tuple[list[np.ndarray], float]:
         request = core.compile_model(model, "CPU", _config(threads, precision)).create_infer_request()

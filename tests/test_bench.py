@@ -318,3 +318,27 @@ def test_stage_profile_groups_the_vae_decoder_by_block_and_rates_int8_against_fl
     # bf16 or float32 arithmetic stays near the float32 decoder; int8 drifts further, and no variant is equal to it
     assert variants["unquantized"]["psnr_db"] > 45 > variants["int8"]["psnr_db"] > 20
     assert "| up_blocks.3 |" in result.stdout and "| int8 |" in result.stdout
+
+
+def test_a_peer_decoding_with_the_models_own_vae_gets_no_accuracy_or_vae_rate_beside_a_tiny_one():
+    """With --vae tiny, optimum-intel still decodes with the model's VAE: the table says so instead of comparing."""
+    from benchmarks.bench import add_throughput
+    from benchmarks.report import markdown
+
+    timing = {"median": 0.5}
+    stages = {"text_encoder_s": timing, "unet_step_s": timing, "vae_decoder_s": timing}
+    results = {
+        "openvino": {"precision": "bf16", **stages},
+        "optimum-intel": {"precision": "bf16", "own_vae": True, **stages},
+    }
+    flops = {"text_encoder": 10**11, "unet": 10**12, "vae_decoder": 10**12}
+    add_throughput(results, flops, {"float32": 1.0, "bfloat16": 2.0})
+    assert set(results["openvino"]["throughput"]) == {"text_encoder", "unet", "vae_decoder"}
+    assert set(results["optimum-intel"]["throughput"]) == {"text_encoder", "unet"}
+    assert results["openvino"]["throughput"]["unet"] == {"tflops": 2.0, "fraction_of_peak": 1.0}
+
+    saved = Path(__file__).parents[1] / "benchmarks" / "results" / "epyc-fast-path-2026-12-01" / "results.json"
+    table = markdown(json.loads(saved.read_text()))
+    assert "| optimum-intel | bf16 | 4.210 (4.174–4.302) |" in table and "| 8.1 | – | – |" in table
+    assert "| optimum-intel | 0.72 (83%) | – |" in table
+    assert "optimum-intel decodes with the model's own VAE, the others with tiny" in table
