@@ -262,15 +262,12 @@ def variant_options(name: str, channels_last_pays: bool) -> dict:
 
 
 def compare_images(image, reference) -> dict:
-    """Max absolute difference (0-255) and PSNR (dB) of uint8 images, as turbo-bench reports them."""
-    import numpy as np
+    """turbo-bench's comparison of uint8 images, the PSNR rounded and None for equal images (JSON has no infinity)."""
+    from benchmarks.bench import compare_images as bench_compare
 
-    diff = image.astype(np.float64) - reference.astype(np.float64)
-    mse = float(np.mean(diff**2))
-    return {
-        "max_abs": float(np.abs(diff).max()),
-        "psnr_db": None if mse == 0 else round(10 * np.log10(255**2 / mse), 2),
-    }
+    compared = bench_compare(image, reference)
+    psnr = compared["psnr_db"]
+    return {"max_abs": compared["max_abs"], "psnr_db": None if psnr == float("inf") else round(psnr, 2)}
 
 
 def _summary_ms(values: list[float]) -> dict:

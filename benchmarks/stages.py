@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench import compare_images
 from benchmarks.flops import op_flops
 from turbo_runtime.artifacts import Artifacts
 
@@ -126,11 +127,6 @@ def pipeline_latents(artifacts: Path, prompts: tuple[str, ...]) -> list[np.ndarr
     ]
 
 
-def psnr(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    mse = float(np.mean([(x.astype(np.float64) - y) ** 2 for x, y in zip(a, b)]))
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
-
-
 def int8_decoders(xml: Path, artifacts: Path, threads: int, samples: int) -> dict:
     """PSNR against the float32 decoder and seconds per call: the plugin's default precision, the decoder in int8,
     and int8 with each stage left unquantized (its FakeQuantize nodes bypassed)."""
@@ -162,7 +158,10 @@ def int8_decoders(xml: Path, artifacts: Path, threads: int, samples: int) -> dic
         (f"int8, {stage} unquantized", _without_quantizers(quantized.clone(), stage)) for stage in stages
     ]:
         images, seconds = decode(model)
-        results[name] = {"psnr_db": psnr(reference, images), "seconds": seconds}
+        results[name] = {
+            "psnr_db": compare_images(np.stack(images), np.stack(reference))["psnr_db"],
+            "seconds": seconds,
+        }
     return results
 
 

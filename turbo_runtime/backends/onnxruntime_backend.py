@@ -100,7 +100,6 @@ class OnnxRuntimeBackend(Backend):
                 f"onnxruntime runs the exported graph's precision ({artifacts.precision}); --dtype {options.dtype} "
                 "is not applied: export with --precision fp16 for a float16 graph"
             )
-        so = _session_options(_SAVED_LEVEL, options.threads)
         providers: list = [provider]
         # What the engine computes in, for reports: the exported graph's precision, or OpenVINO's on its provider.
         self.inference_precision = {"fp32": "f32", "fp16": "f16"}.get(artifacts.precision, artifacts.precision)
@@ -122,6 +121,7 @@ class OnnxRuntimeBackend(Backend):
             cache_dir = Path(options.cache_dir or cache_root() / "onnxruntime-cache")
             self._sessions = {c: self._cpu_session(c, cache_dir) for c in self.components}
         else:
+            so = _session_options(_SAVED_LEVEL, options.threads)
             self._sessions = {
                 c: ort.InferenceSession(str(artifacts.component_path(c, "onnx")), so, providers=providers)
                 for c in self.components
