@@ -1,14 +1,14 @@
-"""Hybrid int8 quantization of the UNet with NNCF, calibrated on what the pipeline itself feeds the UNet.
+"""int8 quantization of the UNet with NNCF, calibrated on what the pipeline itself feeds the UNet.
 
-Matrix multiplications with constant weights (linear layers) get int8 weights; everything else, convolutions
-first of all, is quantized in weights and activations, with activation ranges measured on UNet inputs recorded
-while turbo-runtime's own loop generates images from a few prompts with the freshly exported float32 UNet.
+Every convolution and matrix multiplication (linear layers and attention alike) computes in int8, weights and
+activations, with activation ranges measured on UNet inputs recorded while turbo-runtime's own loop generates
+images from a few prompts with the freshly exported float32 UNet. The linear layers' activations are smoothed
+first (SmoothQuant, NNCF's default for transformers): per-channel outliers moved into the weights.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -50,43 +50,19 @@ def calibration_inputs(artifacts: Path, samples: int = SAMPLES) -> list[dict[str
     return recorded[:samples]
 
 
-def _has_constant_weight(op) -> bool:
-    """A MatMul one of whose inputs is a constant (through converts and reshapes): a linear layer."""
-    for port in range(2):
-        queue = deque([op.input_value(port).get_node()])
-        while queue:
-            node = queue.popleft()
-            if node.get_type_name() == "Constant":
-                return True
-            if node.get_type_name() in ("Convert", "Reshape", "FakeQuantize") and node.inputs():
-                queue.append(node.input_value(0).get_node())
-    return False
-
-
 def quantize_unet(xml: Path, dataset: list[dict[str, np.ndarray]]) -> None:
-    """Rewrite the UNet IR at `xml` (and its .bin) hybrid-quantized."""
+    """Rewrite the UNet IR at `xml` (and its .bin) quantized."""
     import nncf
     import openvino as ov
 
     from export.to_openvino import save_ir
 
     nncf.set_log_level(logging.ERROR)
-    model = ov.Core().read_model(xml)
-    linear = [
-        op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul" and _has_constant_weight(op)
-    ]
-    model = nncf.compress_weights(
-        model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=nncf.IgnoredScope(types=["Convolution"])
-    )
     model = nncf.quantize(
-        model,
+        ov.Core().read_model(xml),
         nncf.Dataset(dataset),
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(dataset),
-        ignored_scope=nncf.IgnoredScope(names=linear),
-        advanced_parameters=nncf.AdvancedQuantizationParameters(  # SmoothQuant off, as optimum-intel does for SD
-            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)
-        ),
     )
     tmp = xml.with_name(xml.stem + ".quantized.xml")
     save_ir(model, tmp, compress_to_fp16=False)
