@@ -203,6 +203,15 @@ def assert_int8_activations(xml: Path) -> None:
     }
 
 
+def test_quiet_int8_export_prints_only_the_path(tmp_path):
+    """NNCF draws its progress on stdout; turbo-export keeps stdout for the artifacts path."""
+    out = tmp_path / "art"
+    result = run_cli("turbo-export", "tiny-sd-turbo", "--out", str(out), "--precision", "int8", "--format", "openvino",
+                     *SMALL)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{out}\n" and result.stderr == ""
+
+
 @pytest.mark.parametrize(
     "precision,formats",
     [("fp16", ("onnx", "openvino")), ("int8", ("onnx", "openvino")), ("int8-hybrid", ("openvino",))],
