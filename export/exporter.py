@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 CHECK_PROMPT = "a photograph of an astronaut riding a horse"
 # Bumped whenever the exported graphs change for the same source (e.g. a new rewrite): artifacts written by an
 # older exporter are rebuilt instead of reused.
-EXPORTER_REVISION = 2
+EXPORTER_REVISION = 3
 _EXPORT_EXTRA = 'pip install "turbo-runtime[export]"'
 _FORMAT_PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
 
@@ -97,14 +97,20 @@ def default_out(
     return cache_root() / "artifacts" / _slug(model) / f"{height}x{width}-{precision}{variant}"
 
 
-def _component_precision(component: str, fmt: str, precision: str) -> str:
+def _component_precision(component: str, fmt: str, precision: str, tiny_vae: bool) -> str:
     # SD 2.x and SDXL VAEs overflow in float16 activations: the fp16 ONNX graph keeps the VAE in fp32. The int8
     # ONNX graph quantizes matrix multiplications, of which a VAE (all convolutions) has next to none.
     if fmt == "onnx" and precision in ("fp16", "int8") and component.startswith("vae"):
         return "fp32"
-    if precision == "int8-hybrid" and component != "unet":  # the UNet is quantized; the rest has int8 weights
+    if precision == "int8-hybrid" and not _quantized(component, tiny_vae):
         return "int8"
     return precision
+
+
+def _quantized(component: str, tiny_vae: bool) -> bool:
+    """What int8-hybrid quantizes in weights and activations: the text encoders, the UNet and a tiny VAE's decoder.
+    The rest gets int8 weights: the model's own VAE decoder drifts further in int8 than all of those together."""
+    return component.startswith("text_encoder") or component == "unet" or (tiny_vae and component == "vae_decoder")
 
 
 def _reusable(out: Path, source_hash: str, vae_hash: str | None, config: ExportConfig) -> bool:
@@ -317,7 +323,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
             files, paths, precision = {}, {}, {}
             for fmt in config.formats:
                 bar.set_description(f"{component}: {fmt}")
-                precision[fmt] = _component_precision(component, fmt, config.precision)
+                precision[fmt] = _component_precision(component, fmt, config.precision, vae is not None)
                 if fmt == "onnx":
                     written = export_onnx(module, example, cio, tmp / "onnx" / component, precision[fmt])
                 else:
@@ -363,12 +369,15 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
         }
 
     if config.precision == "int8-hybrid":
-        from export.quantize import calibration_inputs, quantize_unet
+        from export.quantize import calibration_inputs, quantize
 
-        # Calibrate on the pipeline's own UNet inputs: run the float32 artifacts written so far, then quantize.
-        log.info("recording calibration inputs and quantizing the UNet (int8-hybrid)")
+        # Calibrate on the pipeline's own inputs: run the float32 artifacts written so far, then quantize.
+        quantized = tuple(c for c in family.components if _quantized(c, vae is not None))
+        log.info("recording calibration inputs and quantizing %s (int8-hybrid)", ", ".join(quantized))
         (tmp / MANIFEST).write_text(json.dumps(manifest(), indent=2) + "\n")
-        quantize_unet(tmp / "openvino" / "unet.xml", calibration_inputs(tmp))
+        for component, dataset in calibration_inputs(tmp, quantized).items():
+            quantize(tmp / "openvino" / f"{component}.xml", dataset)
         (tmp / MANIFEST).unlink()
-        components["unet"]["parity"] = check_component("unet", *checks["unet"])
+        for component in quantized:
+            components[component]["parity"] = check_component(component, *checks[component])
     return manifest()

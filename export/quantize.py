@@ -1,9 +1,11 @@
-"""int8 quantization of the UNet with NNCF, calibrated on what the pipeline itself feeds the UNet.
+"""int8 quantization with NNCF, calibrated on what the pipeline itself feeds each component.
 
-Every convolution and matrix multiplication (linear layers and attention alike) computes in int8, weights and
-activations, with activation ranges measured on UNet inputs recorded while turbo-runtime's own loop generates
-images from a few prompts with the freshly exported float32 UNet. The linear layers' activations are smoothed
-first (SmoothQuant, NNCF's default for transformers): per-channel outliers moved into the weights.
+Every convolution and matrix multiplication of the UNet (linear layers and attention alike) computes in int8,
+weights and activations, with activation ranges measured on UNet inputs recorded while turbo-runtime's own loop
+generates images from a few prompts with the freshly exported float32 artifacts. The linear layers' activations
+are smoothed first (SmoothQuant, NNCF's default for transformers): per-channel outliers moved into the weights.
+The text encoders are quantized the same way on the prompts' tokens, and a tiny VAE's decoder (all convolutions)
+on the latents the loop hands it.
 """
 
 from __future__ import annotations
@@ -27,31 +29,34 @@ CALIBRATION_PROMPTS = (
 SAMPLES = 32  # UNet calls recorded for calibration
 
 
-def calibration_inputs(artifacts: Path, samples: int = SAMPLES) -> list[dict[str, np.ndarray]]:
-    """UNet inputs, by name, recorded from the pipeline on the calibration prompts (OpenVINO, float32)."""
+def calibration_inputs(artifacts: Path, components: tuple[str, ...], samples: int = SAMPLES) -> dict[str, list]:
+    """Inputs by name of each of `components`, recorded from the pipeline on the calibration prompts (OpenVINO,
+    float32): up to `samples` UNet calls, one text encoder and one decoder call per image."""
     from turbo_runtime.pipeline import TurboPipeline
 
-    pipe = TurboPipeline.from_artifacts(artifacts, "openvino", dtype="float32")
-    backend, recorded = pipe.backend, []
+    pipe = TurboPipeline.from_artifacts(artifacts, "openvino", dtype="float32", vae_encoder=False)
+    backend, recorded = pipe.backend, {c: [] for c in components}
     run = backend._run
 
     def record(component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        if component == "unet":
-            recorded.append({spec.name: x.copy() for spec, x in zip(backend.io["unet"].inputs, inputs)})
+        if component in recorded:
+            recorded[component].append({spec.name: x.copy() for spec, x in zip(backend.io[component].inputs, inputs)})
         return run(component, inputs)
 
     backend._run = record
     # Several steps per image, so that late (low-noise) timesteps are calibrated too, as image-to-image uses them.
     steps = 8 if pipe.family.guided else 4
+    output = "np" if "vae_decoder" in components else "latent"
     for seed, prompt in enumerate(CALIBRATION_PROMPTS * 4):
-        if len(recorded) >= samples:
+        if len(recorded.get("unet", ())) >= samples:
             break
-        pipe(prompt, num_inference_steps=steps, seed=seed, output_type="latent")
-    return recorded[:samples]
+        pipe(prompt, num_inference_steps=steps, seed=seed, output_type=output)
+    return {c: inputs[:samples] for c, inputs in recorded.items()}
 
 
-def quantize_unet(xml: Path, dataset: list[dict[str, np.ndarray]]) -> None:
-    """Rewrite the UNet IR at `xml` (and its .bin) quantized."""
+def quantize(xml: Path, dataset: list[dict[str, np.ndarray]]) -> None:
+    """Rewrite the IR at `xml` (and its .bin) quantized: the text encoders and the UNet as transformers
+    (SmoothQuant, attention-aware patterns), a VAE decoder as a convolutional network."""
     import nncf
     import openvino as ov
 
@@ -61,7 +66,7 @@ def quantize_unet(xml: Path, dataset: list[dict[str, np.ndarray]]) -> None:
     model = nncf.quantize(
         ov.Core().read_model(xml),
         nncf.Dataset(dataset),
-        model_type=nncf.ModelType.TRANSFORMER,
+        model_type=None if xml.stem.startswith("vae") else nncf.ModelType.TRANSFORMER,
         subset_size=len(dataset),
     )
     tmp = xml.with_name(xml.stem + ".quantized.xml")

@@ -184,7 +184,7 @@ def test_a_changed_byte_is_refused_by_the_runtime(tmp_path, sd_artifacts):
     assert not (tmp_path / "x.png").exists()
 
 
-def assert_int8_activations(xml: Path) -> None:
+def assert_int8_activations(xml: Path, linear_layers: bool = True) -> None:
     """Every convolution and matrix product of the IR (linear layers included) takes its activations through a
     FakeQuantize, so the CPU plugin runs it in int8; the weights are stored int8 (dequantized by a Multiply)."""
     import openvino as ov
@@ -197,7 +197,7 @@ def assert_int8_activations(xml: Path) -> None:
 
     ops = [op for op in ov.Core().read_model(xml).get_ops() if op.get_type_name() in ("Convolution", "MatMul")]
     linear = [op for op in ops if "linear" in op.get_friendly_name()]
-    assert ops and linear
+    assert ops and bool(linear) == linear_layers
     assert {op.get_friendly_name(): (source(op.input_value(0)), source(op.input_value(1))) for op in ops} == {
         op.get_friendly_name(): ("FakeQuantize", "Multiply") for op in ops
     }
@@ -223,12 +223,13 @@ def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artif
     for name, entry in manifest["components"].items():
         for fmt in formats:
             expected = "fp32" if fmt == "onnx" and name.startswith("vae") else precision  # VAE float32 in ONNX
-            if precision == "int8-hybrid" and name != "unet":  # int8 weights around the quantized UNet
+            if precision == "int8-hybrid" and name.startswith("vae"):  # int8 weights (the model's own VAE)
                 expected = "int8"
             assert entry["precision"][fmt] == expected
             assert entry["parity"][fmt]["relative"] <= PARITY_TOLERANCE[expected]
     if precision == "int8-hybrid":  # activations quantized too, calibrated during the export
-        assert_int8_activations(out / "openvino" / "unet.xml")
+        for name in ("text_encoder", "unet"):
+            assert_int8_activations(out / "openvino" / f"{name}.xml")
     weights = [f for f in manifest["files"] if f.endswith(".bin")]
     size = sum((out / f).stat().st_size for f in weights)
     assert size < 0.6 * sum((sd_artifacts / f).stat().st_size for f in weights)  # weights are stored compressed
@@ -244,6 +245,25 @@ def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artif
                 for d in (out, sd_artifacts)
             )
             assert np.abs(low - ref).mean() < 0.05, backend
+
+
+def test_int8_hybrid_quantizes_a_tiny_vaes_decoder_too(export_tiny):
+    """The fast path: TAESD's decoder in int8 too, calibrated on the pipeline's own latents; its encoder with int8
+    weights; the image close to the float32 export's with the same tiny VAE."""
+    out = export_tiny("tiny-sd-turbo", "int8-hybrid", ("openvino",), vae="tiny")
+    manifest = json.loads((out / "manifest.json").read_text())
+    precision = {name: entry["precision"]["openvino"] for name, entry in manifest["components"].items()}
+    assert precision == {"text_encoder": "int8-hybrid", "unet": "int8-hybrid", "vae_encoder": "int8",
+                         "vae_decoder": "int8-hybrid"}  # fmt: skip
+    for name, entry in manifest["components"].items():
+        assert entry["parity"]["openvino"]["relative"] <= PARITY_TOLERANCE[precision[name]], name
+    assert_int8_activations(out / "openvino" / "unet.xml")
+    assert_int8_activations(out / "openvino" / "vae_decoder.xml", linear_layers=False)
+    low, ref = (
+        TurboPipeline.from_artifacts(d, "openvino", dtype="float32")("a fox", seed=2, output_type="np").images
+        for d in (out, export_tiny("tiny-sd-turbo", vae="tiny"))
+    )
+    assert np.abs(low - ref).mean() < 0.05
 
 
 # ---- hub ids through models.lock, with a local Hugging Face cache and no network ----
