@@ -225,8 +225,11 @@ def test_a_killed_replica_is_replaced_and_no_image_is_wrong(cluster, pipe):
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)  # load is on
-        victim = next(r.headers["x-turbo-replica"] for _, r in results if isinstance(r, httpx.Response))
+        deadline = time.monotonic() + 60
+        while not (seen := [r.headers["x-turbo-replica"] for _, r in results if hasattr(r, "headers")]):
+            assert time.monotonic() < deadline and all(t.is_alive() for t in threads), results  # load is on
+            time.sleep(0.1)
+        victim = seen[0]
         ray.kill(ray.get_actor(f"SERVE_REPLICA::{prefix}{victim}", namespace="serve"), no_restart=True)
         killed_at = len(results)
         deadline = time.monotonic() + 90
