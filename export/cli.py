@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -91,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         vae=args.vae,
         quiet=args.quiet,
     )
-    # The converters and NNCF print progress on stdout, which carries only the artifacts path.
-    with open(os.devnull, "w") if args.quiet else contextlib.nullcontext(sys.stderr) as progress:
-        with contextlib.redirect_stdout(progress):
-            out = export_model(config)
+    out = export_model(config)
     print(out)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -12,6 +13,7 @@ import os
 import platform
 import resource
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -270,7 +272,10 @@ def export_model(config: ExportConfig) -> Path:
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would keep the installed folder from other users
         try:
-            manifest = _export_into(tmp, source, vae, config)
+            # NNCF draws its progress on stdout, which is the caller's (turbo-export's carries the artifacts path).
+            with open(os.devnull, "w") if config.quiet else contextlib.nullcontext(sys.stderr) as progress:
+                with contextlib.redirect_stdout(progress):
+                    manifest = _export_into(tmp, source, vae, config)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             _install(tmp, out)
         except Exception as e:
