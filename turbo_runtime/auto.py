@@ -2,7 +2,7 @@
 
 Every entry of the decision table below cites the run it rests on (benchmarks/README.md, "Automatic choice").
 Full quality means an image within FULL_QUALITY_PSNR_DB of float32's on the same latents; a faster path that
-drifts further (the int8-hybrid UNet, 38.2 dB) is never chosen automatically. Where a class or a backend was not
+drifts further (the int8-hybrid fast path, 37–38 dB) is never chosen automatically. Where a class or a backend was not
 measured, the entry says so and takes float32.
 """
 
@@ -66,7 +66,7 @@ POLICIES: dict[str, Policy] = {
                 "openvino",
                 "fp16",
                 "bf16 arithmetic from fp16 weights: 1.27x optimum-intel at PSNR 49.4 dB (Xeon with AMX, 2026-11-25); "
-                "int8-hybrid drifts below the 40 dB bound (38.2 dB)",
+                "int8-hybrid drifts below the 40 dB bound (37–38 dB)",
             ),
             (
                 "onnxruntime",
@@ -85,7 +85,7 @@ POLICIES: dict[str, Policy] = {
                 "fp16",
                 "bf16 arithmetic at optimum-intel's speed, PSNR 50.2 dB (AMD EPYC, 2026-11-23); fp16 weights give the "
                 "same arithmetic from half the memory (measured with AMX); int8-hybrid drifts below the 40 dB bound "
-                "(38.2 dB)",
+                "(37–38 dB)",
             ),
             _ORT_EPYC,
             _TORCH,
@@ -99,7 +99,7 @@ POLICIES: dict[str, Policy] = {
                 "openvino",
                 "fp16",
                 "float32 arithmetic from fp16 weights, as measured (Xeon Ice Lake, 2026-12-01); int8-hybrid drifts "
-                "below the 40 dB bound (38.2 dB) and no int8 variant above it was measured",
+                "below the 40 dB bound (37–38 dB) and no int8 variant above it was measured",
             ),
             _ORT_WITHOUT_AMX,
             _TORCH,
