@@ -389,6 +389,10 @@ def replica_path(name: str) -> Path:
     log.info("building replica %s in %s", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # "Writing model shards" for a few small files
     try:
         build_pipeline(name).save_pretrained(tmp, safe_serialization=True)
         (tmp / "replica.json").write_text(json.dumps({"replica": name, "version": REPLICA_VERSION, "seed": SEED}))
@@ -398,5 +402,7 @@ def replica_path(name: str) -> Path:
             if not (target / "replica.json").is_file():  # not a concurrent build that won the race
                 raise
     finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -2,8 +2,8 @@
 
 Every entry of the decision table below cites the run it rests on (benchmarks/README.md, "Automatic choice").
 Full quality means an image within FULL_QUALITY_PSNR_DB of float32's on the same latents; a faster path that
-drifts further (the int8-hybrid fast path, 37–38 dB) is never chosen automatically. Where a class or a backend was not
-measured, the entry says so and takes float32.
+drifts further (the int8-hybrid fast path, 37–38 dB) is never chosen automatically. Where a class or a backend was
+not measured, the entry says so and takes float32.
 """
 
 from __future__ import annotations
