@@ -377,7 +377,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
         from export.quantize import calibration_inputs, quantize
 
         # Calibrate on the pipeline's own inputs: run the float32 artifacts written so far, then quantize.
-        quantized = tuple(c for c in family.components if _quantized(c, vae is not None))
+        quantized = tuple(c for c, entry in components.items() if entry["precision"].get("openvino") == "int8-hybrid")
         log.info("recording calibration inputs and quantizing %s (int8-hybrid)", ", ".join(quantized))
         (tmp / MANIFEST).write_text(json.dumps(manifest(), indent=2) + "\n")
         for component, dataset in calibration_inputs(tmp, quantized).items():

@@ -388,12 +388,12 @@ def replica_path(name: str) -> Path:
         return target
     log.info("building replica %s in %s", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     from transformers.utils import logging as transformers_logging
 
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     bars = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()  # "Writing model shards" for a few small files
     try:
+        transformers_logging.disable_progress_bar()  # "Writing model shards" for a few small files
         build_pipeline(name).save_pretrained(tmp, safe_serialization=True)
         (tmp / "replica.json").write_text(json.dumps({"replica": name, "version": REPLICA_VERSION, "seed": SEED}))
         try:
