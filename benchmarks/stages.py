@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import statistics
 import time
@@ -130,12 +129,10 @@ def pipeline_latents(artifacts: Path, prompts: tuple[str, ...]) -> list[np.ndarr
 def int8_decoders(xml: Path, artifacts: Path, threads: int, samples: int) -> dict:
     """PSNR against the float32 decoder and seconds per call: the plugin's default precision, the decoder in int8,
     and int8 with each stage left unquantized (its FakeQuantize nodes bypassed)."""
-    import nncf
     import openvino as ov
 
-    from export.quantize import CALIBRATION_PROMPTS
+    from export.quantize import CALIBRATION_PROMPTS, quantized_model
 
-    nncf.set_log_level(logging.ERROR)
     core = ov.Core()
     calibration_prompts = CALIBRATION_PROMPTS[:samples]
     latents = pipeline_latents(artifacts, calibration_prompts + TEST_PROMPTS[: max(1, samples // 2)])
@@ -151,7 +148,7 @@ def int8_decoders(xml: Path, artifacts: Path, threads: int, samples: int) -> dic
 
     reference, _ = decode(core.read_model(str(xml)), "f32")
     model = core.read_model(str(xml))
-    quantized = nncf.quantize(model, nncf.Dataset([{model.inputs[0].get_any_name(): x} for x in calibration]))
+    quantized = quantized_model(model, [{model.inputs[0].get_any_name(): x} for x in calibration], transformer=False)
     stages = sorted({stage_of(op.get_friendly_name()) for op in quantized.get_ordered_ops()} - {"other"})
     results = {}
     for name, model in [("unquantized", core.read_model(str(xml))), ("int8", quantized)] + [

@@ -381,7 +381,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
         log.info("recording calibration inputs and quantizing %s (int8-hybrid)", ", ".join(quantized))
         (tmp / MANIFEST).write_text(json.dumps(manifest(), indent=2) + "\n")
         for component, dataset in calibration_inputs(tmp, quantized).items():
-            quantize(tmp / "openvino" / f"{component}.xml", dataset)
+            quantize(tmp / "openvino" / f"{component}.xml", dataset, transformer=component != "vae_decoder")
         (tmp / MANIFEST).unlink()
         for component in quantized:
             components[component]["parity"] = check_component(component, *checks[component])

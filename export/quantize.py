@@ -55,21 +55,27 @@ def calibration_inputs(artifacts: Path, components: tuple[str, ...], samples: in
     return {c: inputs[:samples] for c, inputs in recorded.items()}
 
 
-def quantize(xml: Path, dataset: list[dict[str, np.ndarray]]) -> None:
-    """Rewrite the IR at `xml` (and its .bin) quantized: the text encoders and the UNet as transformers
-    (SmoothQuant, attention-aware patterns), a VAE decoder as a convolutional network."""
+def quantized_model(model, dataset: list[dict[str, np.ndarray]], transformer: bool):
+    """`model` (an ov.Model) with int8 weights and activations calibrated on `dataset`: as a transformer
+    (SmoothQuant, attention-aware patterns) for the text encoders and the UNet, else as a convolutional network."""
     import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    return nncf.quantize(
+        model,
+        nncf.Dataset(dataset),
+        model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+        subset_size=len(dataset),
+    )
+
+
+def quantize(xml: Path, dataset: list[dict[str, np.ndarray]], transformer: bool) -> None:
+    """Rewrite the IR at `xml` (and its .bin) quantized (see `quantized_model`)."""
     import openvino as ov
 
     from export.to_openvino import save_ir
 
-    nncf.set_log_level(logging.ERROR)
-    model = nncf.quantize(
-        ov.Core().read_model(xml),
-        nncf.Dataset(dataset),
-        model_type=None if xml.stem.startswith("vae") else nncf.ModelType.TRANSFORMER,
-        subset_size=len(dataset),
-    )
+    model = quantized_model(ov.Core().read_model(xml), dataset, transformer)
     tmp = xml.with_name(xml.stem + ".quantized.xml")
     save_ir(model, tmp, compress_to_fp16=False)
     tmp.replace(xml)
