@@ -27,7 +27,10 @@ def rows(report: dict) -> list[dict]:
                 "vae": r["vae_decoder_s"]["median"],
                 "start": f"{r['startup_cold_s']:.1f} / {r['startup_warm_s']:.1f}",
                 "first_unet": f"{r['first_unet_cold_s']:.1f} / {r['first_unet_warm_s']:.1f}",
-                "rss": r["peak_rss_bytes"] / _GIB,
+                # results of before 2026-12-02 have the first start's peak only
+                "rss": " / ".join(
+                    f"{r[k] / _GIB:.1f}" if k in r else "–" for k in ("peak_rss_bytes", "peak_rss_warm_bytes")
+                ),
                 "acc": r["accuracy_vs_torch_fp32"],
             }
         )
@@ -44,7 +47,7 @@ def markdown(report: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
         "",
         "| subject | precision | end to end, median (min–max) s | text enc s | UNet step s | VAE decode s "
-        "| start-up cold / warm s | to first UNet call cold / warm s | peak RSS GiB "
+        "| start-up cold / warm s | to first UNet call cold / warm s | peak RSS cold / warm GiB "
         "| max abs diff vs torch fp32 (0–255) | PSNR dB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -54,7 +57,7 @@ def markdown(report: dict) -> str:
         diff = f"{acc['max_abs']:.0f} | {acc['psnr_db']:.1f}" if acc else "– | –"
         lines.append(
             f"| {r['name']} | {r['precision']} | {e['median']:.3f} ({e['min']:.3f}–{e['max']:.3f}) | {r['text']:.3f} "
-            f"| {r['unet']:.3f} | {r['vae']:.3f} | {r['start']} | {r['first_unet']} | {r['rss']:.1f} | {diff} |"
+            f"| {r['unet']:.3f} | {r['vae']:.3f} | {r['start']} | {r['first_unet']} | {r['rss']} | {diff} |"
         )
     for name, why in report.get("failed", {}).items():
         precision = report["raw"].get(name, {}).get("precision", "–")
