@@ -203,6 +203,23 @@ def assert_int8_activations(xml: Path, linear_layers: bool = True) -> None:
     }
 
 
+def assert_tables_compiled_in_float16(xml: Path) -> None:
+    """A text encoder's lookup tables reach the CPU plugin's compiled model as float16: an int8 table in a
+    quantized model is folded back into float32 when it compiles."""
+    import openvino as ov
+
+    def kind(node) -> str:
+        return node.get_rt_info()["layerType"].astype(str)
+
+    runtime = ov.Core().compile_model(str(xml), "CPU").get_runtime_model()
+    tables = [
+        op.input_value(0).get_element_type()
+        for op in runtime.get_ordered_ops()
+        if kind(op) == "Gather" and kind(op.input_value(0).get_node()) == "Const"
+    ]
+    assert tables and all(t == ov.Type.f16 for t in tables), tables
+
+
 def test_quiet_int8_export_prints_only_the_path(tmp_path):
     """NNCF draws its progress on stdout; turbo-export keeps stdout for the artifacts path."""
     out = tmp_path / "art"
@@ -230,6 +247,7 @@ def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artif
     if precision == "int8-hybrid":  # activations quantized too, calibrated during the export
         for name in ("text_encoder", "unet"):
             assert_int8_activations(out / "openvino" / f"{name}.xml")
+        assert_tables_compiled_in_float16(out / "openvino" / "text_encoder.xml")
     weights = [f for f in manifest["files"] if f.endswith(".bin")]
     size = sum((out / f).stat().st_size for f in weights)
     assert size < 0.6 * sum((sd_artifacts / f).stat().st_size for f in weights)  # weights are stored compressed
