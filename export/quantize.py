@@ -12,6 +12,7 @@ on the latents the loop hands it.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,16 @@ SAMPLES = 32  # UNet calls recorded for calibration
 def calibration_inputs(artifacts: Path, components: tuple[str, ...], samples: int = SAMPLES) -> dict[str, list]:
     """Inputs by name of each of `components`, recorded from the pipeline on the calibration prompts (OpenVINO,
     float32): up to `samples` UNet calls, one text encoder and one decoder call per image."""
+    # A compile cache of its own, gone afterwards: OpenVINO keys its entries by the IR's path, here the export's
+    # temporary folder, so entries in the shared cache would never be used again (5 GB for SD-Turbo).
+    with tempfile.TemporaryDirectory(dir=artifacts, prefix=".compile-cache-") as cache:
+        return _record(artifacts, components, samples, Path(cache))
+
+
+def _record(artifacts: Path, components: tuple[str, ...], samples: int, cache: Path) -> dict[str, list]:
     from turbo_runtime.pipeline import TurboPipeline
 
-    pipe = TurboPipeline.from_artifacts(artifacts, "openvino", dtype="float32", vae_encoder=False)
+    pipe = TurboPipeline.from_artifacts(artifacts, "openvino", dtype="float32", vae_encoder=False, cache_dir=cache)
     backend, recorded = pipe.backend, {c: [] for c in components}
     run = backend._run
 

@@ -229,6 +229,18 @@ def test_quiet_int8_export_prints_only_the_path(tmp_path):
     assert result.stdout == f"{out}\n" and result.stderr == ""
 
 
+def test_int8_hybrid_export_leaves_no_compile_cache_behind(tmp_path):
+    """Calibration compiles the float32 IR in the export's temporary folder: none of it stays in the shared
+    compile cache, where no later start would find it, nor among the artifacts."""
+    cache, out = tmp_path / "cache", tmp_path / "art"
+    result = run_cli("turbo-export", "tiny-sd-turbo", "--out", str(out), "--precision", "int8-hybrid",
+                     "--format", "openvino", *SMALL, env={"TURBO_RUNTIME_CACHE": str(cache)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (cache / "replicas").is_dir() and not list(cache.glob("openvino-cache/*/*"))
+    listed = {*json.loads((out / "manifest.json").read_text())["files"], "manifest.json"}
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == listed
+
+
 @pytest.mark.parametrize(
     "precision,formats",
     [("fp16", ("onnx", "openvino")), ("int8", ("onnx", "openvino")), ("int8-hybrid", ("openvino",))],
