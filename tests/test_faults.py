@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -408,7 +409,7 @@ def test_onnxruntime_saves_its_optimized_graphs_once_and_loads_them_after(tmp_pa
     assert np.array_equal(first, second)
 
     # the same image as sessions made from the exported graphs themselves, every optimization applied at load
-    def from_source(self, component, cache_dir):
+    def from_source(self, component, cache_dir, recorder):
         so = backend._session_options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL, 1)
         if component in backend._NO_PREPACKING:  # pre-packed products round differently
             so.add_session_config_entry("session.disable_prepacking", "1")
@@ -417,6 +418,41 @@ def test_onnxruntime_saves_its_optimized_graphs_once_and_loads_them_after(tmp_pa
 
     monkeypatch.setattr(backend.OnnxRuntimeBackend, "_cpu_session", from_source)
     assert np.array_equal(first, _ort_image(sd_artifacts, tmp_path / "unused"))
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_new_cache_entries_are_recorded_beside_the_next_compile_and_before_ready(
+    tmp_path, sd_artifacts, monkeypatch, backend
+):
+    """A first start hashes each new entry in another thread while the next component compiles, but the pipeline
+    is ready only once every entry has its record and every folder is unlocked: a process starting next never
+    finds an entry without one (which it would remove as half-written)."""
+    import fcntl
+
+    from turbo_runtime import files
+    from turbo_runtime.pipeline import TurboPipeline
+
+    recorded_in = []
+    record = files._record_and_unlock
+
+    def slow_record(folder, lock):
+        recorded_in.append(threading.current_thread().name)
+        time.sleep(0.3)  # longer than the tiny components take to compile
+        record(folder, lock)
+
+    monkeypatch.setattr(files, "_record_and_unlock", slow_record)
+    cache = tmp_path / "cache"
+    TurboPipeline.from_artifacts(sd_artifacts, backend, threads=1, cache_dir=cache, vae_encoder=False)
+    folders = sorted(f for f in cache.iterdir() if f.is_dir())
+    assert [f.name.rsplit("-", 1)[0] for f in folders] == ["text_encoder", "unet", "vae_decoder"]
+    assert len(recorded_in) == 3 and all(name.startswith("cache-records") for name in recorded_in)
+    for folder in folders:
+        entries = files._cache_entries(folder)
+        assert entries
+        for entry in entries:
+            assert entry.with_name(entry.name + ".sha256").read_text().strip() == files.sha256_file(entry)
+        with open(folder / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if a thread still held it
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def cache_root() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "turbo-runtime"
+
+
+_memo_lock = threading.Lock()
 
 
 def _memo_path() -> Path:
@@ -51,7 +55,7 @@ def sha256_files(paths: list[Path]) -> list[str]:
     time), so a file rewritten or edited in place is hashed again while an untouched one costs a stat.
     """
     memo = _load_memo()
-    digests, changed = [], False
+    digests, new = [], {}
     for path in paths:
         path = Path(path).resolve()
         key = f"{path}|{_stat_key(path)}"
@@ -61,14 +65,14 @@ def sha256_files(paths: list[Path]) -> list[str]:
             with open(path, "rb") as f:
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)
-            digest = memo[key] = h.hexdigest()
-            changed = True
+            digest = new[key] = h.hexdigest()
         digests.append(digest)
-    if changed:
-        try:
-            write_text_atomic(_memo_path(), json.dumps(memo, indent=0, sort_keys=True))
-        except OSError:
-            pass  # a read-only cache only costs re-hashing next time
+    if new:
+        with _memo_lock:  # threads of this process hash at once (checked_cache); merge, not overwrite, their digests
+            try:
+                write_text_atomic(_memo_path(), json.dumps({**_load_memo(), **new}, indent=0, sort_keys=True))
+            except OSError:
+                pass  # a read-only cache only costs re-hashing next time
     return digests
 
 
@@ -99,17 +103,20 @@ def _cache_entries(folder: Path) -> list[Path]:
 
 
 @contextmanager
-def checked_cache(folder: Path) -> Iterator[Path]:
+def checked_cache(folder: Path, recorder: Executor | None = None) -> Iterator[Path]:
     """A compile-cache folder whose entries are used only while they match the sha256 recorded when written.
 
     OpenVINO loads a cached blob with a changed byte without noticing and computes with it (a truncated one it
     refuses and compiles again). Entering, under a lock that keeps other processes from checking or writing the
     folder at the same time, removes every entry that no longer matches its record, or has none (its writer
     died, or predates the records): the engine compiles afresh and writes it again. Leaving without an error
-    records the sha256 of what the engine wrote.
+    records the sha256 of what the engine wrote, then unlocks; in `recorder`'s thread when one is given, so that
+    hashing a new multi-GB entry overlaps the caller's next compile (the lock is held until the records are
+    written: other processes wait, and one that finds an entry without its record never sees it in between).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
+    lock = open(folder / ".lock", "w")
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         entries = _cache_entries(folder)
         for entry, digest in zip(entries, sha256_files(entries)):
@@ -119,10 +126,25 @@ def checked_cache(folder: Path) -> Iterator[Path]:
                     log.warning("compile cache entry %s was modified since it was written; compiling again", entry)
                 entry.unlink()
         yield folder
+    except BaseException:
+        lock.close()
+        raise
+    if recorder is None:
+        _record_and_unlock(folder, lock)
+    else:
+        recorder.submit(_record_and_unlock, folder, lock)
+
+
+def _record_and_unlock(folder: Path, lock) -> None:
+    try:
         entries = _cache_entries(folder)
         for entry, digest in zip(entries, sha256_files(entries)):
             if digest != _recorded(entry):
                 write_text_atomic(entry.with_name(entry.name + _RECORD), digest + "\n")
+    except OSError as e:  # an entry without its record is compiled again by the next start: slower, never wrong
+        log.warning("could not record the compile cache entries of %s: %s", folder, e)
+    finally:
+        lock.close()
 
 
 def _recorded(entry: Path) -> str | None:

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,8 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         if provider == "CPUExecutionProvider":
             cache_dir = Path(options.cache_dir or cache_root() / "onnxruntime-cache")
-            self._sessions = {c: self._cpu_session(c, cache_dir) for c in self.components}
+            with ThreadPoolExecutor(1, thread_name_prefix="cache-records") as recorder:  # hashing beside the next
+                self._sessions = {c: self._cpu_session(c, cache_dir, recorder) for c in self.components}
         else:
             so = _session_options(_SAVED_LEVEL, options.threads)
             self._sessions = {
@@ -127,12 +129,12 @@ class OnnxRuntimeBackend(Backend):
                 for c in self.components
             }
 
-    def _cpu_session(self, component: str, cache_dir: Path) -> ort.InferenceSession:
+    def _cpu_session(self, component: str, cache_dir: Path, recorder: Executor) -> ort.InferenceSession:
         """The component's session on the CPU provider, from its optimized graph in the cache, saved first if the
         cache has none (or one that fails its sha256 check: files.checked_cache removes it first)."""
         settings = optimized_graph_settings("CPUExecutionProvider")
         folder = self.cache_folder(cache_dir, component, json.dumps(settings, sort_keys=True))
-        with checked_cache(folder) as cache:
+        with checked_cache(folder, recorder) as cache:
             if not _complete(cache, settings):
                 self._save_optimized(component, cache, settings)
             so = _session_options(_LOAD_LEVEL, self.options.threads)
