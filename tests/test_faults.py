@@ -455,6 +455,61 @@ def test_new_cache_entries_are_recorded_beside_the_next_compile_and_before_ready
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if a thread still held it
 
 
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_compile_cache_folders_no_start_used_for_the_kept_days_are_removed(
+    tmp_path, sd_artifacts, monkeypatch, backend
+):
+    """Artifacts re-exported or deleted leave their folders in the compile cache: a start removes those that no
+    start has used for TURBO_RUNTIME_CACHE_KEEP_DAYS (30 by default), keeps the others, its own included, and
+    leaves alone one that another process holds."""
+    import fcntl
+
+    from turbo_runtime.pipeline import TurboPipeline
+
+    cache = tmp_path / "cache"
+
+    def unused_for(folder: Path, days: float) -> Path:
+        then = time.time() - days * 86400
+        os.utime(folder / ".lock", (then, then))
+        return folder
+
+    def leftover(name: str, days: float) -> Path:
+        folder = cache / name
+        folder.mkdir(parents=True)
+        (folder / "4242.blob").write_bytes(b"compiled")
+        (folder / "4242.blob.sha256").write_text("0" * 64 + "\n")
+        (folder / ".lock").touch()
+        return unused_for(folder, days)
+
+    def start() -> list[str]:
+        TurboPipeline.from_artifacts(sd_artifacts, backend, threads=1, cache_dir=cache, vae_encoder=False)
+        return sorted(f.name for f in cache.iterdir())
+
+    stale, held, recent = leftover("unet-00aa", 31), leftover("unet-00bb", 31), leftover("unet-00cc", 29)
+    with open(held / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as another process checking or writing it would
+        names = start()
+    own = [n for n in names if n not in ("unet-00bb", "unet-00cc")]
+    assert [n.rsplit("-", 1)[0] for n in own] == ["text_encoder", "unet", "vae_decoder"]
+    assert not stale.exists() and (held / "4242.blob").exists() and (recent / "4242.blob").exists()
+
+    for name in names:  # a month passes
+        unused_for(cache / name, 31)
+    monkeypatch.setenv("TURBO_RUNTIME_CACHE_KEEP_DAYS", "inf")
+    assert start() == names
+    monkeypatch.setenv("TURBO_RUNTIME_CACHE_KEEP_DAYS", "1")
+    assert start() == own  # its own folders used again, so kept; every other one removed
+
+
+def test_a_bad_cache_keep_days_is_refused_before_loading(tmp_path, sd_artifacts):
+    out = tmp_path / "x.png"
+    env = {"TURBO_RUNTIME_CACHE": str(tmp_path / "cache"), "TURBO_RUNTIME_CACHE_KEEP_DAYS": "a month"}
+    result = run_cli("turbo-run", "--artifacts", str(sd_artifacts), "--backend", "openvino", "--prompt", "x",
+                     "--out", str(out), env=env)  # fmt: skip
+    assert_one_line_error(result, "TURBO_RUNTIME_CACHE_KEEP_DAYS", "'a month'")
+    assert not out.exists() and not (tmp_path / "cache" / "openvino-cache").exists()
+
+
 @pytest.mark.parametrize(
     "entry,change",
     [("model.data", "truncated"), ("model.data", "a flipped byte"), ("model.onnx", "a flipped byte"),

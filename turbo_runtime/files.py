@@ -7,8 +7,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -114,10 +116,10 @@ def checked_cache(folder: Path, recorder: Executor | None = None) -> Iterator[Pa
     hashing a new multi-GB entry overlaps the caller's next compile (the lock is held until the records are
     written: other processes wait, and one that finds an entry without its record never sees it in between).
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = open(folder / ".lock", "w")
+    lock = _locked(folder)
+    _used.add(folder.resolve())
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.utime(lock.fileno())  # the folder's last use, for prune_cache
         entries = _cache_entries(folder)
         for entry, digest in zip(entries, sha256_files(entries)):
             recorded = _recorded(entry)
@@ -135,6 +137,21 @@ def checked_cache(folder: Path, recorder: Executor | None = None) -> Iterator[Pa
         recorder.submit(_record_and_unlock, folder, lock)
 
 
+def _locked(folder: Path):
+    """The folder's lock file, held (created with the folder if need be). A lock taken on a file that prune_cache
+    removed meanwhile locks nothing: take the new one."""
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / ".lock", "a")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.stat(folder / ".lock").st_ino == os.fstat(lock.fileno()).st_ino:
+                return lock
+        except FileNotFoundError:
+            pass
+        lock.close()
+
+
 def _record_and_unlock(folder: Path, lock) -> None:
     try:
         entries = _cache_entries(folder)
@@ -145,6 +162,67 @@ def _record_and_unlock(folder: Path, lock) -> None:
         log.warning("could not record the compile cache entries of %s: %s", folder, e)
     finally:
         lock.close()
+
+
+KEEP_DAYS = 30.0
+_used: set[Path] = set()  # the folders this process has checked: never pruned by it, however long it has run
+
+
+def keep_days() -> float:
+    """How long a compile-cache folder no start has used is kept: TURBO_RUNTIME_CACHE_KEEP_DAYS, or 30 days."""
+    from turbo_runtime.errors import InputError
+
+    value = os.environ.get("TURBO_RUNTIME_CACHE_KEEP_DAYS", "").strip()
+    if not value:
+        return KEEP_DAYS
+    try:
+        days = float(value)
+    except ValueError:
+        days = -1.0
+    if not days >= 0:  # NaN too
+        raise InputError(f"TURBO_RUNTIME_CACHE_KEEP_DAYS must be a number of days >= 0 (or inf), not {value!r}")
+    return days
+
+
+def prune_cache(cache_dir: Path, days: float) -> list[Path]:
+    """Remove the folders of `cache_dir` (one per component's files and settings, see checked_cache) that no
+    start has used for `days`: re-exported or deleted artifacts leave theirs behind for good otherwise (4.5 GB
+    for an int8 SD-Turbo). Folders this process uses, or another one holds locked, are left alone. Returns the
+    folders removed."""
+    removed = []
+    limit = time.time() - days * 86400
+    for folder in sorted(cache_dir.iterdir()) if cache_dir.is_dir() else []:
+        path = folder / ".lock"
+        if folder.resolve() in _used:
+            continue
+        try:
+            if path.stat().st_mtime >= limit:
+                continue
+            lock = open(path, "a")
+        except OSError:  # not one of ours, or removed meanwhile
+            continue
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(lock.fileno()).st_ino != path.stat().st_ino or path.stat().st_mtime >= limit:
+                    continue  # used or removed between the first look and the lock
+            except OSError:
+                continue
+            try:
+                for entry in folder.iterdir():
+                    if entry != path:
+                        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                path.unlink()
+            except OSError as e:
+                log.warning("could not remove compile cache folder %s: %s", folder, e)
+                continue
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # a start took the folder up again meanwhile, with a lock of its own
+        removed.append(folder)
+        log.info("removed compile cache folder %s: unused for %g days", folder, days)
+    return removed
 
 
 def _recorded(entry: Path) -> str | None:

@@ -22,7 +22,7 @@ from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends.base import Backend, BackendOptions
 from turbo_runtime.cpu import detect as detect_cpu
 from turbo_runtime.errors import BackendUnavailable, InputError
-from turbo_runtime.files import cache_root, checked_cache, write_text_atomic
+from turbo_runtime.files import cache_root, checked_cache, keep_days, prune_cache, write_text_atomic
 
 try:
     import onnxruntime as ort
@@ -120,8 +120,10 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         if provider == "CPUExecutionProvider":
             cache_dir = Path(options.cache_dir or cache_root() / "onnxruntime-cache")
+            keep = keep_days()
             with ThreadPoolExecutor(1, thread_name_prefix="cache-records") as recorder:  # hashing beside the next
                 self._sessions = {c: self._cpu_session(c, cache_dir, recorder) for c in self.components}
+            prune_cache(cache_dir, keep)
         else:
             so = _session_options(_SAVED_LEVEL, options.threads)
             self._sessions = {

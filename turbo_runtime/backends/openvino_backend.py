@@ -10,7 +10,7 @@ import numpy as np
 from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends.base import Backend, BackendOptions
 from turbo_runtime.errors import BackendUnavailable
-from turbo_runtime.files import cache_root, checked_cache, releasing_mappings
+from turbo_runtime.files import cache_root, checked_cache, keep_days, prune_cache, releasing_mappings
 
 try:
     import openvino as ov
@@ -34,6 +34,7 @@ class OpenVINOBackend(Backend):
                 f"OpenVINO device {device!r} is not available here; available: {', '.join(available)}"
             )
         cache_dir = Path(options.cache_dir or cache_root() / "openvino-cache")
+        keep = keep_days()
         config: dict = {"PERFORMANCE_HINT": "LATENCY"}
         if options.dtype:  # otherwise the plugin's best: bf16 on CPUs with AMX/AVX512-BF16, f32 elsewhere
             config["INFERENCE_PRECISION_HINT"] = _PRECISION_HINTS[options.dtype]
@@ -56,6 +57,7 @@ class OpenVINOBackend(Backend):
                 with checked_cache(folder, recorder) as cache, releasing_mappings(mapped):
                     compiled = core.compile_model(str(files[component][0]), device, {**own, "CACHE_DIR": str(cache)})
                 self._requests[component] = compiled.create_infer_request()
+        prune_cache(cache_dir, keep)
         # What the plugin chose, for reports: bf16 on CPUs with AMX or AVX512-BF16 unless --dtype says otherwise.
         hint = self._requests["unet"].get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = hint.to_string() if isinstance(hint, ov.Type) else str(hint)
