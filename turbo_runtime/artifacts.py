@@ -217,6 +217,10 @@ class Artifacts:
         """Path of a component's model file in `fmt` (model.onnx or .xml)."""
         return self.component_files(component, fmt)[0]
 
+    def component_bytes(self, component: str, fmt: str) -> int:
+        """Size of a component's files in `fmt` on disk."""
+        return sum(p.stat().st_size for p in self.component_files(component, fmt))
+
     def tokenizer_path(self, name: str) -> Path:
         return self.path(f"{name}/tokenizer.json")
 

@@ -186,8 +186,8 @@ def keep_days() -> float:
 
 def prune_cache(cache_dir: Path, days: float) -> list[Path]:
     """Remove the folders of `cache_dir` (one per component's files and settings, see checked_cache) that no
-    start has used for `days`: re-exported or deleted artifacts leave theirs behind for good otherwise (4.5 GB
-    for an int8 SD-Turbo). Folders this process uses, or another one holds locked, are left alone. Returns the
+    start has used for `days`: re-exported or deleted artifacts leave theirs behind for good otherwise (1.4 GB
+    for SD-Turbo's fast path). Folders this process uses, or another one holds locked, are left alone. Returns the
     folders removed."""
     removed = []
     limit = time.time() - days * 86400

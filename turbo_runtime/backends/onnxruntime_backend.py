@@ -121,8 +121,10 @@ class OnnxRuntimeBackend(Backend):
         if provider == "CPUExecutionProvider":
             cache_dir = Path(options.cache_dir or cache_root() / "onnxruntime-cache")
             keep = keep_days()
-            with ThreadPoolExecutor(1, thread_name_prefix="cache-records") as recorder:  # hashing beside the next
-                self._sessions = {c: self._cpu_session(c, cache_dir, recorder) for c in self.components}
+            # Largest first: a first start hashes each saved graph while it optimizes the next one.
+            largest_first = sorted(self.components, key=lambda c: -artifacts.component_bytes(c, "onnx"))
+            with ThreadPoolExecutor(1, thread_name_prefix="cache-records") as recorder:
+                self._sessions = {c: self._cpu_session(c, cache_dir, recorder) for c in largest_first}
             prune_cache(cache_dir, keep)
         else:
             so = _session_options(_SAVED_LEVEL, options.threads)

@@ -49,7 +49,7 @@ class OpenVINOBackend(Backend):
         # A first start hashes each new cache entry beside the next compile (the UNet's 1 GB blob: 0.8 s).
         mapped = [artifacts.root, cache_dir] if device == "CPU" else []
         with ThreadPoolExecutor(1, thread_name_prefix="cache-records") as recorder:
-            for component in sorted(files, key=lambda c: -sum(p.stat().st_size for p in files[c])):
+            for component in sorted(files, key=lambda c: -artifacts.component_bytes(c, "openvino")):
                 own = config
                 if config.get("INFERENCE_PRECISION_HINT") == "f16" and self.upcast(component):
                     own = {**config, "INFERENCE_PRECISION_HINT": "f32"}
