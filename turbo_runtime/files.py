@@ -137,6 +137,13 @@ def checked_cache(folder: Path, recorder: Executor | None = None) -> Iterator[Pa
         recorder.submit(_record_and_unlock, folder, lock)
 
 
+def clear_cache_folder(folder: Path) -> None:
+    """Remove everything in a compile-cache folder but its lock (which the caller holds)."""
+    for entry in folder.iterdir():
+        if entry.name != ".lock":
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 def _locked(folder: Path):
     """The folder's lock file, held (created with the folder if need be). A lock taken on a file that prune_cache
     removed meanwhile locks nothing: take the new one."""
@@ -209,9 +216,7 @@ def prune_cache(cache_dir: Path, days: float) -> list[Path]:
             except OSError:
                 continue
             try:
-                for entry in folder.iterdir():
-                    if entry != path:
-                        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                clear_cache_folder(folder)
                 path.unlink()
             except OSError as e:
                 log.warning("could not remove compile cache folder %s: %s", folder, e)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,14 @@ from turbo_runtime.artifacts import Artifacts
 from turbo_runtime.backends.base import Backend, BackendOptions
 from turbo_runtime.cpu import detect as detect_cpu
 from turbo_runtime.errors import BackendUnavailable, InputError
-from turbo_runtime.files import cache_root, checked_cache, keep_days, prune_cache, write_text_atomic
+from turbo_runtime.files import (
+    cache_root,
+    checked_cache,
+    clear_cache_folder,
+    keep_days,
+    prune_cache,
+    write_text_atomic,
+)
 
 try:
     import onnxruntime as ort
@@ -159,9 +165,7 @@ class OnnxRuntimeBackend(Backend):
         """Optimize the component's graph at the saved level and write it into `cache`, the record last. ONNX
         Runtime writes into a hidden folder beside, whose files are then moved in: a reader under the cache's
         lock never sees half a graph, and a writer that dies leaves no record, so its files are removed."""
-        for entry in cache.iterdir():
-            if entry.name != ".lock":
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        clear_cache_folder(cache)
         source = self.artifacts.component_path(component, "onnx")
         with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
             so = _session_options(_SAVED_LEVEL, self.options.threads)
