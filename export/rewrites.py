@@ -1,18 +1,22 @@
 """Exact rewrites of two diffusers layers into forms a CPU runs faster, applied while a component is traced.
 
 Each computes the same function as the layer it replaces (up to float rounding); the export checks the traced
-graph against the untouched PyTorch module. Measured with OpenVINO on the SD-Turbo VAE decoder at 512x512
-(benchmarks/README.md, "Tuning by stage").
+graph against the untouched PyTorch module. Measured on the SD-Turbo VAE decoder at 512x512 with OpenVINO
+(benchmarks/README.md, "Tuning by stage") and ONNX Runtime ("The upsamplers in the ONNX graphs").
 
 - GroupNorm with per-channel statistics. A framework's group norm reshapes (N, C, H, W) into (N, G, C/G * H * W)
   to normalise, which forces a planar memory layout: OpenVINO's CPU plugin reorders every activation from the
   blocked layout its AMX convolutions use and back, around each of the decoder's 30 group norms. Computing the
   mean and variance per channel over H, W and averaging them over each group on the (N, C, 1, 1) statistics
   gives the same result with reductions and element-wise ops that keep any layout.
-- Nearest 2x upsampling followed by a 3x3 convolution, as one stride-2 transposed convolution (4x4 kernel) on
-  the low-resolution input. Upsampled neighbours repeat the same input pixel, so each output pixel sees only a
-  2x2 window of the input, with the 3x3 kernel's taps summed: 16 multiply-adds per input pixel and channel pair
-  instead of 36, and no upsampled tensor in memory.
+- Nearest 2x upsampling followed by a 3x3 convolution, computed on the low-resolution input. Upsampled
+  neighbours repeat the same input pixel, so each output pixel sees only a 2x2 window of the input, with the 3x3
+  kernel's taps summed: 16 multiply-adds per input pixel and channel pair instead of 36, and no upsampled tensor
+  in memory. For OpenVINO it is one stride-2 transposed convolution (4x4 kernel). As a transposed convolution it gains
+  nothing on ONNX Runtime's CPU provider, so the ONNX graph computes the four
+  output phases (even/odd row, even/odd column) as one 2x2 convolution with four times the output channels and
+  interleaves them (DepthToSpace). ONNX Runtime's graph optimizer rejects the GroupNorm rewrite, so the ONNX
+  graph keeps the framework's group norm.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from torch import nn
 # transposed convolution: output row 2i reads input rows i - 1 (tap 3: w[-1]) and i (tap 1: w[0] + w[1]); output
 # row 2i + 1 reads rows i (tap 2: w[-1] + w[0]) and i + 1 (tap 0: w[1]).
 _TRANSPOSED_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+# The same sums per output phase, over a 2x2 window of the input padded by one: even rows read padded rows i, i + 1
+# (input rows i - 1: w[-1], and i: w[0] + w[1]), odd rows padded rows i + 1, i + 2 (i: w[-1] + w[0], i + 1: w[1]).
+_PHASE_TAPS = _TRANSPOSED_TAPS[torch.tensor([[3, 1], [2, 0]])]  # (phase, window tap, 3x3 tap)
 
 
 def _group_norm(self: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
@@ -57,11 +64,39 @@ def transposed_weights(conv: nn.Conv2d) -> torch.Tensor:
     return torch.einsum("ky,oiyx,lx->iokl", taps, conv.weight, taps)
 
 
-def _upsample_conv(self, hidden_states: torch.Tensor, output_size=None, *args, **kwargs) -> torch.Tensor:
-    h, w = hidden_states.shape[-2:]
-    if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
-        return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
-    return F.conv_transpose2d(hidden_states, self.transposed_weight, _conv(self).bias, stride=2, padding=1)
+def phase_weights(conv: nn.Conv2d) -> torch.Tensor:
+    """The (4 x C_out, C_in, 2, 2) kernel whose output channel p * C_out + o is output channel o of
+    conv3x3(upsample2x(x)) at the phase p = 2 * (row parity) + (column parity), from a window offset by the phase."""
+    taps = _PHASE_TAPS.to(conv.weight.dtype)
+    kernel = torch.einsum("aky,oiyx,blx->aboikl", taps, conv.weight, taps)
+    return kernel.reshape(4 * conv.out_channels, conv.in_channels, 2, 2)
+
+
+def _upsample_transposed(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    return F.conv_transpose2d(hidden_states, self.rewritten_weight, _conv(self).bias, stride=2, padding=1)
+
+
+def _upsample_phases(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    n, _, h, w = hidden_states.shape
+    bias = _conv(self).bias
+    phases = F.conv2d(hidden_states, self.rewritten_weight, None if bias is None else bias.repeat(4), padding=1)
+    # (n, 4c, h + 1, w + 1): phase p = 2a + b of output pixel (i, j) is phases[:, pc : (p + 1)c, i + a, j + b]
+    c = phases.shape[1] // 4
+    windows = [phases[:, p * c : (p + 1) * c, p // 2 : p // 2 + h, p % 2 : p % 2 + w] for p in range(4)]
+    return F.pixel_shuffle(torch.stack(windows, 2).reshape(n, 4 * c, h, w), 2)  # channel o * 4 + p -> its pixel
+
+
+_UPSAMPLE = {"openvino": (transposed_weights, _upsample_transposed), "onnx": (phase_weights, _upsample_phases)}
+
+
+def _upsample(rewritten):
+    def forward(self, hidden_states: torch.Tensor, output_size=None, *args, **kwargs) -> torch.Tensor:
+        h, w = hidden_states.shape[-2:]
+        if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
+            return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
+        return rewritten(self, hidden_states)
+
+    return forward
 
 
 def _is_plain_upsample(module: nn.Module) -> bool:
@@ -81,21 +116,22 @@ def _is_plain_upsample(module: nn.Module) -> bool:
 
 
 @contextmanager
-def cpu_friendly(module: nn.Module):
-    """Within the block, `module`'s group norms and plain 2x upsamplers trace as their CPU-friendly equivalents."""
+def cpu_friendly(module: nn.Module, fmt: str):
+    """Within the block, `module`'s plain 2x upsamplers (and, for OpenVINO, its group norms) trace as their
+    CPU-friendly equivalents for the format `fmt` ("openvino" or "onnx")."""
+    weights, rewritten = _UPSAMPLE[fmt]
     patched = []
     for sub in module.modules():
-        if isinstance(sub, nn.GroupNorm):
+        if isinstance(sub, nn.GroupNorm) and fmt == "openvino":
             sub.forward = types.MethodType(_group_norm, sub)
             patched.append(sub)
         elif _is_plain_upsample(sub):
-            weight = transposed_weights(_conv(sub)).detach()
-            sub.register_buffer("transposed_weight", weight, persistent=False)
-            sub.forward = types.MethodType(_upsample_conv, sub)
+            sub.register_buffer("rewritten_weight", weights(_conv(sub)).detach(), persistent=False)
+            sub.forward = types.MethodType(_upsample(rewritten), sub)
             patched.append(sub)
     try:
         yield module
     finally:
         for sub in patched:
             del sub.forward
-            sub._buffers.pop("transposed_weight", None)
+            sub._buffers.pop("rewritten_weight", None)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from export.rewrites import cpu_friendly
 from turbo_runtime.spec import ComponentIO
 
 OPSET = 17
@@ -33,13 +34,14 @@ def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_di
     runtime boundary stays float32 (a graph meant for CUDA; the CPU provider lacks most fp16 kernels).
     int8 quantizes the matrix multiplications dynamically: int8 weights, activations quantized per call by ONNX
     Runtime. Convolutions stay float32: ONNX Runtime's integer convolution is slower on the CPU than float32.
+    Plain 2x upsamplers are traced as the convolution of their four output phases (export.rewrites).
     """
     import onnx
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".trace-") as tmp:
         traced = Path(tmp) / "model.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), cpu_friendly(module, "onnx"):
             warnings.simplefilter("ignore")  # tracer warnings about python control flow on static shapes
             torch.onnx.export(
                 module,

@@ -45,7 +45,7 @@ def export_openvino(module: torch.nn.Module, example: tuple, io: ComponentIO, xm
 
     types = {"float32": ov.Type.f32, "int64": ov.Type.i64}
     inputs = [(t.name, ov.PartialShape(list(t.shape)), types[t.dtype]) for t in io.inputs]
-    with warnings.catch_warnings(), torch.no_grad(), _quiet_converter(), cpu_friendly(module):
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_converter(), cpu_friendly(module, "openvino"):
         warnings.simplefilter("ignore")
         model = ov.convert_model(module, example_input=example, input=[(s, ty) for _, s, ty in inputs])
     _stable_names(model, xml.stem)

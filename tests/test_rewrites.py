@@ -17,29 +17,31 @@ def _layers() -> nn.Sequential:
     return nn.Sequential(norm, nn.SiLU(), Upsample2D(16, use_conv=True, out_channels=12)).eval()
 
 
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
 @pytest.mark.parametrize("shape", [(2, 16, 5, 7), (1, 16, 8, 8)])
-def test_rewritten_layers_equal_the_originals(shape):
+def test_rewritten_layers_equal_the_originals(shape, fmt):
     layers = _layers()
     x = torch.randn(shape) * 3 + 1  # a mean far from zero: the variance is taken around the group mean
     with torch.no_grad():
         expected = layers(x)
-        with cpu_friendly(layers):
+        with cpu_friendly(layers, fmt):
             rewritten = layers(x)
         after = layers(x)
     assert rewritten.shape == expected.shape == (shape[0], 12, 2 * shape[2], 2 * shape[3])
     assert (rewritten - expected).abs().max() < 1e-4 * expected.abs().max()
     assert torch.equal(after, expected)  # the module is left as it was
     assert not any("forward" in vars(m) for m in layers.modules())
-    assert "transposed_weight" not in dict(layers.named_buffers(prefix="", recurse=True))
+    assert "rewritten_weight" not in dict(layers.named_buffers(prefix="", recurse=True))
 
 
-def test_group_norm_on_sequences_and_an_upsampler_with_output_size():
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+def test_group_norm_on_sequences_and_an_upsampler_with_output_size(fmt):
     torch.manual_seed(1)
     norm, up = nn.GroupNorm(2, 8), Upsample2D(8, use_conv=True)
     x, image = torch.randn(3, 8, 20), torch.randn(1, 8, 5, 5)
     with torch.no_grad():
         expected = norm(x), up(image, output_size=(11, 11)), up(image, output_size=(10, 10))
-        with cpu_friendly(nn.ModuleList([norm, up])):
+        with cpu_friendly(nn.ModuleList([norm, up]), fmt):
             got = norm(x), up(image, output_size=(11, 11)), up(image, output_size=(10, 10))
     for a, b in zip(got, expected):
         assert a.shape == b.shape and (a - b).abs().max() < 1e-5
@@ -64,3 +66,27 @@ def test_openvino_graph_has_no_group_norm_and_a_transposed_convolution(tmp_path)
     with torch.no_grad():
         expected = layers(x).numpy()
     np.testing.assert_allclose(compiled(x.numpy())[0], expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_onnx_graph_upsamples_by_its_four_phases_and_keeps_its_group_norm(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from export.to_onnx import export_onnx
+    from turbo_runtime.spec import ComponentIO, TensorSpec
+
+    layers = _layers()
+    nn.init.normal_(layers[2].conv.bias)
+    x = torch.randn(1, 16, 8, 8)
+    io = ComponentIO(
+        (TensorSpec("sample", (1, 16, 8, 8), "float32"),), (TensorSpec("out", (1, 12, 16, 16), "float32"),)
+    )
+    path = export_onnx(layers, (x,), io, tmp_path, "fp32")[0]
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert "Resize" not in ops and "Upsample" not in ops and "ConvTranspose" not in ops
+    assert ops.count("Conv") == 1 and "DepthToSpace" in ops and "InstanceNormalization" in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = layers(x).numpy()
+    np.testing.assert_allclose(
+        session.run(None, {"sample": x.numpy()})[0], expected, atol=1e-5 * np.abs(expected).max()
+    )
