@@ -2,7 +2,7 @@
 
 Each computes the same function as the layer it replaces (up to float rounding); the export checks the traced
 graph against the untouched PyTorch module. Measured on the SD-Turbo VAE decoder at 512x512 with OpenVINO
-(benchmarks/README.md, "Tuning by stage") and ONNX Runtime ("The upsamplers in the ONNX graphs").
+(benchmarks/README.md, "Tuning by stage") and ONNX Runtime ("ONNX Runtime: the upsamplers as four output phases").
 
 - GroupNorm with per-channel statistics. A framework's group norm reshapes (N, C, H, W) into (N, G, C/G * H * W)
   to normalise, which forces a planar memory layout: OpenVINO's CPU plugin reorders every activation from the
@@ -12,11 +12,10 @@ graph against the untouched PyTorch module. Measured on the SD-Turbo VAE decoder
 - Nearest 2x upsampling followed by a 3x3 convolution, computed on the low-resolution input. Upsampled
   neighbours repeat the same input pixel, so each output pixel sees only a 2x2 window of the input, with the 3x3
   kernel's taps summed: 16 multiply-adds per input pixel and channel pair instead of 36, and no upsampled tensor
-  in memory. For OpenVINO it is one stride-2 transposed convolution (4x4 kernel). As a transposed convolution it gains
-  nothing on ONNX Runtime's CPU provider, so the ONNX graph computes the four
-  output phases (even/odd row, even/odd column) as one 2x2 convolution with four times the output channels and
-  interleaves them (DepthToSpace). ONNX Runtime's graph optimizer rejects the GroupNorm rewrite, so the ONNX
-  graph keeps the framework's group norm.
+  in memory. For OpenVINO it is one stride-2 transposed convolution (4x4 kernel). That form gains nothing on ONNX
+  Runtime's CPU provider, so the ONNX graph computes the four output phases (even or odd row and column) as one
+  2x2 convolution with four times the output channels and interleaves them (DepthToSpace). ONNX Runtime's graph
+  optimizer rejects the GroupNorm rewrite: the ONNX graph keeps the framework's group norm.
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ def _upsample_phases(self, hidden_states: torch.Tensor) -> torch.Tensor:
     n, _, h, w = hidden_states.shape
     bias = _conv(self).bias
     phases = F.conv2d(hidden_states, self.rewritten_weight, None if bias is None else bias.repeat(4), padding=1)
-    # (n, 4c, h + 1, w + 1): phase p = 2a + b of output pixel (i, j) is phases[:, pc : (p + 1)c, i + a, j + b]
+    # (n, 4c, h + 1, w + 1): output pixel (2i + a, 2j + b) is phases[:, pc : (p + 1)c, i + a, j + b], p = 2a + b
     c = phases.shape[1] // 4
     windows = [phases[:, p * c : (p + 1) * c, p // 2 : p // 2 + h, p % 2 : p % 2 + w] for p in range(4)]
     return F.pixel_shuffle(torch.stack(windows, 2).reshape(n, 4 * c, h, w), 2)  # channel o * 4 + p -> its pixel
