@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 CHECK_PROMPT = "a photograph of an astronaut riding a horse"
 # Bumped whenever the exported graphs change for the same source (e.g. a new rewrite): artifacts written by an
 # older exporter are rebuilt instead of reused.
-EXPORTER_REVISION = 5
+EXPORTER_REVISION = 6
 _EXPORT_EXTRA = 'pip install "turbo-runtime[export]"'
 _FORMAT_PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
 
@@ -101,12 +101,22 @@ def default_out(
 
 def _component_precision(component: str, fmt: str, precision: str, tiny_vae: bool) -> str:
     # SD 2.x and SDXL VAEs overflow in float16 activations: the fp16 ONNX graph keeps the VAE in fp32. The int8
-    # ONNX graph quantizes matrix multiplications, of which a VAE (all convolutions) has next to none.
+    # ONNX graph quantizes matrix multiplications, of which a VAE (all convolutions) has next to none, and the
+    # model's own VAE decoder's convolutions, calibrated (export.quantize).
     if fmt == "onnx" and precision in ("fp16", "int8") and component.startswith("vae"):
-        return "fp32"
+        return "int8" if _calibrated(component, fmt, precision, tiny_vae) else "fp32"
     if precision == "int8-hybrid" and not _quantized(component, tiny_vae):
         return "int8"
     return precision
+
+
+def _calibrated(component: str, fmt: str, precision: str, tiny_vae: bool) -> bool:
+    """Whether the component is quantized with activation ranges recorded from the pipeline once every component
+    is exported (traced in float32 until then): int8-hybrid's (OpenVINO), and the int8 ONNX graph's VAE decoder
+    (the model's own; a tiny VAE's stays float32 there)."""
+    if precision == "int8-hybrid":
+        return _quantized(component, tiny_vae)
+    return fmt == "onnx" and precision == "int8" and component == "vae_decoder" and not tiny_vae
 
 
 def _quantized(component: str, tiny_vae: bool) -> bool:
@@ -306,7 +316,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
     import numpy as np
     from tqdm import tqdm
 
-    from export.to_onnx import export_onnx
+    from export.to_onnx import export_onnx, save_onnx
     from export.to_openvino import export_openvino
     from export.verify import check_component, example_inputs
     from export.wrappers import load_model
@@ -330,7 +340,8 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
                 bar.set_description(f"{component}: {fmt}")
                 precision[fmt] = _component_precision(component, fmt, config.precision, vae is not None)
                 if fmt == "onnx":
-                    written = export_onnx(module, example, cio, tmp / "onnx" / component, precision[fmt])
+                    traced = "fp32" if _calibrated(component, fmt, precision[fmt], vae is not None) else precision[fmt]
+                    written = export_onnx(module, example, cio, tmp / "onnx" / component, traced)
                 else:
                     written = export_openvino(
                         module, example, cio, tmp / "openvino" / f"{component}.xml", precision[fmt]
@@ -345,7 +356,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
                 "precision": precision,
             }
             checks[component] = (module, example, cio, paths, precision)
-            if precision.get("openvino") == "int8-hybrid":
+            if any(_calibrated(component, f, p, vae is not None) for f, p in precision.items()):
                 continue  # checked once quantized, below
             bar.set_description(f"{component}: check")
             components[component]["parity"] = check_component(component, *checks[component])
@@ -373,16 +384,43 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
             "files": dict(zip(all_files, sha256_files([tmp / f for f in all_files]))),
         }
 
-    if config.precision == "int8-hybrid":
-        from export.quantize import calibration_inputs, quantize
+    calibrated = {
+        fmt: tuple(
+            c for c, entry in components.items() if _calibrated(c, fmt, entry["precision"][fmt], vae is not None)
+        )
+        for fmt in config.formats
+    }
+    if any(calibrated.values()):
+        import torch
 
-        # Calibrate on the pipeline's own inputs: run the float32 artifacts written so far, then quantize.
-        quantized = tuple(c for c, entry in components.items() if entry["precision"].get("openvino") == "int8-hybrid")
-        log.info("recording calibration inputs and quantizing %s (int8-hybrid)", ", ".join(quantized))
+        from export.quantize import calibration_inputs, quantize, quantize_onnx_decoder
+
+        # Calibrate on the pipeline's own inputs: run the artifacts written so far, then quantize. Each quantized
+        # component is then checked on the first input the pipeline handed it, within the ranges it was calibrated
+        # for (a random-weight replica's latents are far from unit-normal).
         (tmp / MANIFEST).write_text(json.dumps(manifest(), indent=2) + "\n")
-        for component, dataset in calibration_inputs(tmp, quantized).items():
-            quantize(tmp / "openvino" / f"{component}.xml", dataset, transformer=component != "vae_decoder")
+        first: dict[str, dict] = {}
+        for fmt, quantized in calibrated.items():
+            if not quantized:
+                continue
+            log.info(
+                "recording calibration inputs and quantizing %s (%s %s)", ", ".join(quantized), fmt, config.precision
+            )
+            backend = "openvino" if fmt == "openvino" else "onnxruntime"
+            for component, dataset in calibration_inputs(tmp, quantized, backend).items():
+                first[component] = dataset[0]
+                if fmt == "openvino":
+                    quantize(tmp / "openvino" / f"{component}.xml", dataset, transformer=component != "vae_decoder")
+                    continue
+                folder = tmp / "onnx" / component
+                graph = quantize_onnx_decoder(folder / "model.onnx", dataset)
+                for old in folder.iterdir():
+                    old.unlink()
+                written = save_onnx(graph, folder / "model.onnx")
+                components[component]["files"]["onnx"] = [str(p.relative_to(tmp)) for p in written]
         (tmp / MANIFEST).unlink()
-        for component in quantized:
-            components[component]["parity"] = check_component(component, *checks[component])
+        for component, inputs in first.items():
+            module, _, cio, paths, precision = checks[component]
+            feed = tuple(torch.from_numpy(inputs[t.name]) for t in cio.inputs)
+            components[component]["parity"] = check_component(component, module, feed, cio, paths, precision)
     return manifest()

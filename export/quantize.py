@@ -1,12 +1,18 @@
-"""int8 quantization with NNCF, calibrated on what the pipeline itself feeds each component.
+"""int8 quantization calibrated on what the pipeline itself feeds each component: NNCF for OpenVINO's int8-hybrid,
+ONNX Runtime's static quantization for the VAE decoder of the int8 ONNX graphs.
 
-Every convolution and linear layer of the UNet (attention's projections included; attention's own products stay
+int8-hybrid: every convolution and linear layer of the UNet (attention's projections included; attention's own products stay
 in the plugin's fused kernel) computes in int8, weights and activations, with activation ranges measured on UNet
 inputs recorded while turbo-runtime's own loop generates images from a few prompts with the freshly exported
 float32 artifacts. The linear layers' activations are smoothed first (SmoothQuant, NNCF's default for
 transformers): per-channel outliers moved into the weights.
 The text encoders are quantized the same way on the prompts' tokens, and a tiny VAE's decoder (all convolutions)
 on the latents the loop hands it.
+
+int8 ONNX: the VAE decoder's convolutions compute in int8 (QLinearConv: int8 weights per output channel, uint8
+activations with ranges calibrated on the latents the int8 pipeline hands the decoder), except its first two and
+its last (`post_quant_conv`, `conv_in`, `conv_out`), which stay float32: the last alone held most of the drift
+(sd-turbo-arch, benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -31,19 +37,22 @@ CALIBRATION_PROMPTS = (
 SAMPLES = 32  # UNet calls recorded for calibration
 
 
-def calibration_inputs(artifacts: Path, components: tuple[str, ...], samples: int = SAMPLES) -> dict[str, list]:
-    """Inputs by name of each of `components`, recorded from the pipeline on the calibration prompts (OpenVINO,
-    float32): up to `samples` UNet calls, one text encoder and one decoder call per image."""
-    # A compile cache of its own, gone afterwards: OpenVINO keys its entries by the IR's path, here the export's
+def calibration_inputs(
+    artifacts: Path, components: tuple[str, ...], backend: str = "openvino", samples: int = SAMPLES
+) -> dict[str, list]:
+    """Inputs by name of each of `components`, recorded from the pipeline on the calibration prompts (`backend`,
+    float32 arithmetic on the artifacts as written so far): up to `samples` UNet calls when the UNet is one of
+    them, else one image per prompt; one text encoder and one decoder call per image."""
+    # A cache of its own, gone afterwards: the engines key their entries by the artifacts' path, here the export's
     # temporary folder, so entries in the shared cache would never be used again (5 GB for SD-Turbo).
     with tempfile.TemporaryDirectory(dir=artifacts, prefix=".compile-cache-") as cache:
-        return _record(artifacts, components, samples, Path(cache))
+        return _record(artifacts, components, backend, samples, Path(cache))
 
 
-def _record(artifacts: Path, components: tuple[str, ...], samples: int, cache: Path) -> dict[str, list]:
+def _record(artifacts: Path, components: tuple[str, ...], backend: str, samples: int, cache: Path) -> dict[str, list]:
     from turbo_runtime.pipeline import TurboPipeline
 
-    pipe = TurboPipeline.from_artifacts(artifacts, "openvino", dtype="float32", vae_encoder=False, cache_dir=cache)
+    pipe = TurboPipeline.from_artifacts(artifacts, backend, dtype="float32", vae_encoder=False, cache_dir=cache)
     backend, recorded = pipe.backend, {c: [] for c in components}
     run = backend._run
 
@@ -56,7 +65,8 @@ def _record(artifacts: Path, components: tuple[str, ...], samples: int, cache: P
     # Several steps per image, so that late (low-noise) timesteps are calibrated too, as image-to-image uses them.
     steps = 8 if pipe.family.guided else 4
     output = "np" if "vae_decoder" in components else "latent"
-    for seed, prompt in enumerate(CALIBRATION_PROMPTS * 4):
+    prompts = CALIBRATION_PROMPTS * 4 if "unet" in components else CALIBRATION_PROMPTS
+    for seed, prompt in enumerate(prompts):
         if len(recorded.get("unet", ())) >= samples:
             break
         pipe(prompt, num_inference_steps=steps, seed=seed, output_type=output)
@@ -112,3 +122,55 @@ def quantize(xml: Path, dataset: list[dict[str, np.ndarray]], transformer: bool)
     save_ir(model, tmp, compress_to_fp16=False)
     tmp.replace(xml)
     tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+
+
+# The VAE decoder's convolutions left in float32 by quantize_onnx_decoder (names as torch.onnx traces them).
+ONNX_DECODER_FLOAT = ("/post_quant_conv/Conv", "/decoder/conv_in/Conv", "/decoder/conv_out/Conv")
+
+
+def quantize_onnx_decoder(path: Path, dataset: list[dict[str, np.ndarray]]):
+    """The float32 VAE decoder graph at `path` (a .onnx file) with its convolutions in int8, calibrated on
+    `dataset`, as an onnx.ModelProto (see the module's docstring)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.set_range(0, len(dataset))
+
+        def set_range(self, start_index: int, end_index: int):
+            self.items = iter(dataset[start_index:end_index])
+
+        def get_next(self):
+            return next(self.items, None)
+
+        def __len__(self):
+            return len(dataset)
+
+    convs = {n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "Conv"}
+    missing = [n for n in ONNX_DECODER_FLOAT if n not in convs]
+    if missing:
+        raise RuntimeError(f"the VAE decoder graph has no convolution named {missing[0]!r}")
+    with tempfile.TemporaryDirectory(dir=path.parent.parent, prefix=".quantize-") as tmp:
+        out = Path(tmp) / "model.onnx"
+        quantize_static(
+            path,
+            out,
+            Reader(),
+            quant_format=QuantFormat.QDQ,  # ONNX Runtime fuses each DequantizeLinear-Conv-QuantizeLinear
+            op_types_to_quantize=["Conv"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(ONNX_DECODER_FLOAT),
+            calibrate_method=CalibrationMethod.MinMax,
+            # One calibration call at a time: the decoder's activations of all of them at once would not fit.
+            extra_options={"CalibStridedMinMax": 1},
+        )
+        return onnx.load(str(out), load_external_data=True)

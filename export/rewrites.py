@@ -72,20 +72,27 @@ def phase_weights(conv: nn.Conv2d) -> torch.Tensor:
 
 
 def _upsample_transposed(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    return F.conv_transpose2d(hidden_states, self.rewritten_weight, _conv(self).bias, stride=2, padding=1)
+    return F.conv_transpose2d(hidden_states, self.rewritten_weight, self.rewritten_bias, stride=2, padding=1)
 
 
 def _upsample_phases(self, hidden_states: torch.Tensor) -> torch.Tensor:
     n, _, h, w = hidden_states.shape
-    bias = _conv(self).bias
-    phases = F.conv2d(hidden_states, self.rewritten_weight, None if bias is None else bias.repeat(4), padding=1)
+    phases = F.conv2d(hidden_states, self.rewritten_weight, self.rewritten_bias, padding=1)
     # (n, 4c, h + 1, w + 1): output pixel (2i + a, 2j + b) is phases[:, pc : (p + 1)c, i + a, j + b], p = 2a + b
     c = phases.shape[1] // 4
     windows = [phases[:, p * c : (p + 1) * c, p // 2 : p // 2 + h, p % 2 : p % 2 + w] for p in range(4)]
     return F.pixel_shuffle(torch.stack(windows, 2).reshape(n, 4 * c, h, w), 2)  # channel o * 4 + p -> its pixel
 
 
-_UPSAMPLE = {"openvino": (transposed_weights, _upsample_transposed), "onnx": (phase_weights, _upsample_phases)}
+def _phase_bias(conv: nn.Conv2d) -> torch.Tensor | None:
+    return None if conv.bias is None else conv.bias.repeat(4)
+
+
+# format -> the rewritten convolution's weights and bias (buffers, so that they trace as initializers), its forward
+_UPSAMPLE = {
+    "openvino": (transposed_weights, lambda conv: conv.bias, _upsample_transposed),
+    "onnx": (phase_weights, _phase_bias, _upsample_phases),
+}
 
 
 def _upsample(rewritten):
@@ -118,7 +125,7 @@ def _is_plain_upsample(module: nn.Module) -> bool:
 def cpu_friendly(module: nn.Module, fmt: str):
     """Within the block, `module`'s plain 2x upsamplers (and, for OpenVINO, its group norms) trace as their
     CPU-friendly equivalents for the format `fmt` ("openvino" or "onnx")."""
-    weights, rewritten = _UPSAMPLE[fmt]
+    weights, bias, rewritten = _UPSAMPLE[fmt]
     patched = []
     for sub in module.modules():
         if isinstance(sub, nn.GroupNorm) and fmt == "openvino":
@@ -126,6 +133,8 @@ def cpu_friendly(module: nn.Module, fmt: str):
             patched.append(sub)
         elif _is_plain_upsample(sub):
             sub.register_buffer("rewritten_weight", weights(_conv(sub)).detach(), persistent=False)
+            b = bias(_conv(sub))
+            sub.register_buffer("rewritten_bias", None if b is None else b.detach(), persistent=False)
             sub.forward = types.MethodType(_upsample(rewritten), sub)
             patched.append(sub)
     try:
@@ -134,3 +143,4 @@ def cpu_friendly(module: nn.Module, fmt: str):
         for sub in patched:
             del sub.forward
             sub._buffers.pop("rewritten_weight", None)
+            sub._buffers.pop("rewritten_bias", None)

@@ -33,7 +33,9 @@ def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_di
     fp16 converts the graph's float tensors to float16 while keeping float32 inputs and outputs, so the
     runtime boundary stays float32 (a graph meant for CUDA; the CPU provider lacks most fp16 kernels).
     int8 quantizes the matrix multiplications dynamically: int8 weights, activations quantized per call by ONNX
-    Runtime. Convolutions stay float32: ONNX Runtime's integer convolution is slower on the CPU than float32.
+    Runtime. Convolutions stay float32 here: ONNX Runtime's dynamic integer convolution (ConvInteger) is slower on
+    the CPU than float32; the VAE decoder's are quantized statically once the export has calibrated them
+    (export.quantize).
     Plain 2x upsamplers are traced as the convolution of their four output phases (export.rewrites).
     """
     import onnx
@@ -54,19 +56,19 @@ def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_di
                 do_constant_folding=True,
             )
         model = onnx.load(str(traced), load_external_data=True)
+    # Constant nodes as initializers: the static quantizer quantizes only stored weights, and the float16
+    # converter leaves an initializer in float32 when only blocked ops read it (Resize takes float32 scales).
+    _constants_to_initializers(model)
     if precision == "fp16":
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        # Resize takes its scales in float32 only: turn Constant nodes into initializers, which the
-        # converter leaves in float32 when only blocked ops read them.
-        _constants_to_initializers(model)
         model = convert_float_to_float16(
             model, keep_io_types=True, disable_shape_infer=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Resize"]
         )
     path = out_dir / "model.onnx"
     if precision == "int8":
         return _quantize_dynamic(model, path)
-    return _save(model, path)
+    return save_onnx(model, path)
 
 
 def _too_large_for_one_file(model) -> bool:
@@ -74,7 +76,7 @@ def _too_large_for_one_file(model) -> bool:
     return sum(t.ByteSize() for t in model.graph.initializer) > _PROTOBUF_LIMIT - (64 << 20)
 
 
-def _save(model, path: Path) -> list[Path]:
+def save_onnx(model, path: Path) -> list[Path]:
     import onnx
 
     if _too_large_for_one_file(model):
@@ -99,8 +101,8 @@ def _quantize_dynamic(model, path: Path) -> list[Path]:
     large = _too_large_for_one_file(model)  # before saving, which moves large weights out of `model`
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".quantize-") as tmp:
         (Path(tmp) / "float").mkdir()
-        source = _save(model, Path(tmp) / "float" / "model.onnx")[0]
+        source = save_onnx(model, Path(tmp) / "float" / "model.onnx")[0]
         quantized = Path(tmp) / "model.onnx"
         quantize_dynamic(source, quantized, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
                          use_external_data_format=large)  # fmt: skip
-        return _save(onnx.load(str(quantized), load_external_data=True), path)
+        return save_onnx(onnx.load(str(quantized), load_external_data=True), path)

@@ -203,6 +203,24 @@ def assert_int8_activations(xml: Path, linear_layers: bool = True) -> None:
     }
 
 
+def assert_int8_convolutions(onnx_file: Path, float_file: Path, tmp: Path) -> None:
+    """ONNX Runtime runs every convolution of the int8 VAE decoder as QLinearConv (int8 weights and activations)
+    but the three kept in float32 (export.quantize.ONNX_DECODER_FLOAT), which the float32 graph holds too."""
+    import onnx
+    import onnxruntime as ort
+
+    from export.quantize import ONNX_DECODER_FLOAT
+
+    convs = [n.name for n in onnx.load(str(float_file), load_external_data=False).graph.node if n.op_type == "Conv"]
+    assert set(ONNX_DECODER_FLOAT) <= set(convs)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # fuses Q/DQ pairs
+    options.optimized_model_filepath = str(tmp / "optimized.onnx")
+    ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert (ops.count("QLinearConv"), ops.count("Conv")) == (len(convs) - len(ONNX_DECODER_FLOAT), 3)
+
+
 def assert_tables_compiled_in_float16(xml: Path) -> None:
     """A text encoder's lookup tables reach the CPU plugin's compiled model as float16: an int8 table in a
     quantized model is folded back into float32 when it compiles."""
@@ -245,13 +263,15 @@ def test_int8_hybrid_export_leaves_no_compile_cache_behind(tmp_path):
     "precision,formats",
     [("fp16", ("onnx", "openvino")), ("int8", ("onnx", "openvino")), ("int8-hybrid", ("openvino",))],
 )
-def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artifacts, precision, formats):
+def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artifacts, precision, formats, tmp_path):
     out = export_tiny("tiny-sd-turbo", precision, formats)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == precision and manifest["formats"] == list(formats)
     for name, entry in manifest["components"].items():
         for fmt in formats:
-            expected = "fp32" if fmt == "onnx" and name.startswith("vae") else precision  # VAE float32 in ONNX
+            expected = "fp32" if fmt == "onnx" and name.startswith("vae") else precision  # VAE float32 in ONNX...
+            if fmt == "onnx" and precision == "int8" and name == "vae_decoder":  # ...but int8's decoder, calibrated
+                expected = "int8"
             if precision == "int8-hybrid" and name.startswith("vae"):  # int8 weights (the model's own VAE)
                 expected = "int8"
             assert entry["precision"][fmt] == expected
@@ -268,6 +288,8 @@ def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artif
 
         ops = {node.op_type for node in onnx.load(str(out / "onnx" / "unet" / "model.onnx")).graph.node}
         assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "ConvInteger" not in ops
+        decoder = Path("onnx", "vae_decoder", "model.onnx")
+        assert_int8_convolutions(out / decoder, sd_artifacts / decoder, tmp_path)
     for fmt, backend in (("onnx", "onnxruntime"), ("openvino", "openvino")):
         if fmt in formats:
             low, ref = (
