@@ -407,7 +407,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
                 "recording calibration inputs and quantizing %s (%s %s)", ", ".join(quantized), fmt, config.precision
             )
             backend = "openvino" if fmt == "openvino" else "onnxruntime"
-            for component, dataset in calibration_inputs(tmp, quantized, backend).items():
+            for component, dataset in calibration_inputs(tmp, quantized, backend, progress=not config.quiet).items():
                 first[component] = dataset[0]
                 if fmt == "openvino":
                     quantize(tmp / "openvino" / f"{component}.xml", dataset, transformer=component != "vae_decoder")

@@ -17,6 +17,7 @@ its last (`post_quant_conv`, `conv_in`, `conv_out`), which stay float32: the las
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -38,38 +39,52 @@ SAMPLES = 32  # UNet calls recorded for calibration
 
 
 def calibration_inputs(
-    artifacts: Path, components: tuple[str, ...], backend: str = "openvino", samples: int = SAMPLES
+    artifacts: Path,
+    components: tuple[str, ...],
+    backend: str = "openvino",
+    samples: int = SAMPLES,
+    progress: bool = False,
 ) -> dict[str, list]:
     """Inputs by name of each of `components`, recorded from the pipeline on the calibration prompts (`backend`,
     float32 arithmetic on the artifacts as written so far): up to `samples` UNet calls when the UNet is one of
-    them, else one image per prompt; one text encoder and one decoder call per image."""
+    them, else one image per prompt; one text encoder and one decoder call per image. `progress`: a progress bar
+    on stderr."""
     # A cache of its own, gone afterwards: the engines key their entries by the artifacts' path, here the export's
     # temporary folder, so entries in the shared cache would never be used again (5 GB for SD-Turbo).
     with tempfile.TemporaryDirectory(dir=artifacts, prefix=".compile-cache-") as cache:
-        return _record(artifacts, components, backend, samples, Path(cache))
+        return _record(artifacts, components, backend, samples, Path(cache), progress)
 
 
-def _record(artifacts: Path, components: tuple[str, ...], backend: str, samples: int, cache: Path) -> dict[str, list]:
+def _record(
+    artifacts: Path, components: tuple[str, ...], engine: str, samples: int, cache: Path, progress: bool
+) -> dict[str, list]:
+    from tqdm import tqdm
+
     from turbo_runtime.pipeline import TurboPipeline
 
-    pipe = TurboPipeline.from_artifacts(artifacts, backend, dtype="float32", vae_encoder=False, cache_dir=cache)
+    pipe = TurboPipeline.from_artifacts(artifacts, engine, dtype="float32", vae_encoder=False, cache_dir=cache)
     backend, recorded = pipe.backend, {c: [] for c in components}
     run = backend._run
-
-    def record(component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        if component in recorded:
-            recorded[component].append({spec.name: x.copy() for spec, x in zip(backend.io[component].inputs, inputs)})
-        return run(component, inputs)
-
-    backend._run = record
     # Several steps per image, so that late (low-noise) timesteps are calibrated too, as image-to-image uses them.
     steps = 8 if pipe.family.guided else 4
     output = "np" if "vae_decoder" in components else "latent"
     prompts = CALIBRATION_PROMPTS * 4 if "unet" in components else CALIBRATION_PROMPTS
-    for seed, prompt in enumerate(prompts):
-        if len(recorded.get("unet", ())) >= samples:
-            break
-        pipe(prompt, num_inference_steps=steps, seed=seed, output_type=output)
+    lead = "unet" if "unet" in components else components[0]  # what the progress bar counts
+    bar = tqdm(total=samples if lead == "unet" else len(prompts), desc=f"calibration: {lead}", unit="call",
+               disable=not progress, leave=False)  # fmt: skip
+
+    def record(component: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if component in recorded:
+            recorded[component].append({spec.name: x.copy() for spec, x in zip(backend.io[component].inputs, inputs)})
+            bar.update(component == lead)
+        return run(component, inputs)
+
+    backend._run = record
+    with bar:
+        for seed, prompt in enumerate(prompts):
+            if len(recorded.get("unet", ())) >= samples:
+                break
+            pipe(prompt, num_inference_steps=steps, seed=seed, output_type=output)
     return {c: inputs[:samples] for c, inputs in recorded.items()}
 
 
@@ -124,6 +139,19 @@ def quantize(xml: Path, dataset: list[dict[str, np.ndarray]], transformer: bool)
     tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
 
 
+@contextlib.contextmanager
+def onnxruntime_quantizer_quiet():
+    """ONNX Runtime's quantizer logs advice and a line per tensor on the root logger: keep them out of the export's
+    output while it runs."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 # The VAE decoder's convolutions left in float32 by quantize_onnx_decoder (names as torch.onnx traces them).
 ONNX_DECODER_FLOAT = ("/post_quant_conv/Conv", "/decoder/conv_in/Conv", "/decoder/conv_out/Conv")
 
@@ -159,18 +187,19 @@ def quantize_onnx_decoder(path: Path, dataset: list[dict[str, np.ndarray]]):
         raise RuntimeError(f"the VAE decoder graph has no convolution named {missing[0]!r}")
     with tempfile.TemporaryDirectory(dir=path.parent.parent, prefix=".quantize-") as tmp:
         out = Path(tmp) / "model.onnx"
-        quantize_static(
-            path,
-            out,
-            Reader(),
-            quant_format=QuantFormat.QDQ,  # ONNX Runtime fuses each DequantizeLinear-Conv-QuantizeLinear
-            op_types_to_quantize=["Conv"],
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(ONNX_DECODER_FLOAT),
-            calibrate_method=CalibrationMethod.MinMax,
-            # One calibration call at a time: the decoder's activations of all of them at once would not fit.
-            extra_options={"CalibStridedMinMax": 1},
-        )
+        with onnxruntime_quantizer_quiet():
+            quantize_static(
+                path,
+                out,
+                Reader(),
+                quant_format=QuantFormat.QDQ,  # ONNX Runtime fuses each DequantizeLinear-Conv-QuantizeLinear
+                op_types_to_quantize=["Conv"],
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(ONNX_DECODER_FLOAT),
+                calibrate_method=CalibrationMethod.MinMax,
+                # One calibration call at a time: the decoder's activations of all of them at once would not fit.
+                extra_options={"CalibStridedMinMax": 1},
+            )
         return onnx.load(str(out), load_external_data=True)

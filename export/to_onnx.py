@@ -98,11 +98,14 @@ def _quantize_dynamic(model, path: Path) -> list[Path]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from export.quantize import onnxruntime_quantizer_quiet
+
     large = _too_large_for_one_file(model)  # before saving, which moves large weights out of `model`
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".quantize-") as tmp:
         (Path(tmp) / "float").mkdir()
         source = save_onnx(model, Path(tmp) / "float" / "model.onnx")[0]
         quantized = Path(tmp) / "model.onnx"
-        quantize_dynamic(source, quantized, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         use_external_data_format=large)  # fmt: skip
+        with onnxruntime_quantizer_quiet():
+            quantize_dynamic(source, quantized, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                             use_external_data_format=large)  # fmt: skip
         return save_onnx(onnx.load(str(quantized), load_external_data=True), path)

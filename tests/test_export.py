@@ -238,10 +238,12 @@ def assert_tables_compiled_in_float16(xml: Path) -> None:
     assert tables and all(t == ov.Type.f16 for t in tables), tables
 
 
-def test_quiet_int8_export_prints_only_the_path(tmp_path):
-    """NNCF draws its progress on stdout; turbo-export keeps stdout for the artifacts path."""
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+def test_quiet_int8_export_prints_only_the_path(tmp_path, fmt):
+    """NNCF draws its progress on stdout, the calibration its progress bar on stderr; turbo-export keeps stdout for
+    the artifacts path, and --quiet keeps stderr for errors."""
     out = tmp_path / "art"
-    result = run_cli("turbo-export", "tiny-sd-turbo", "--out", str(out), "--precision", "int8", "--format", "openvino",
+    result = run_cli("turbo-export", "tiny-sd-turbo", "--out", str(out), "--precision", "int8", "--format", fmt,
                      *SMALL)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{out}\n" and result.stderr == ""
