@@ -39,14 +39,14 @@ _TORCH = ("torch", "fp32", "the torch backend computes float32 from the source m
 _ORT_WITHOUT_AMX = (
     "onnxruntime",
     "fp32",
-    "fp32: int8 stays above the 40 dB bound (53.5 dB) and was measured faster with AMX and on an AVX512-BF16 "
-    "EPYC, not yet on this class",
+    "fp32: int8 stays above the 40 dB bound (41.0 dB) and was measured faster on an AVX512-BF16 EPYC (its UNet "
+    "with AMX too), not yet on this class",
 )
 _ORT_EPYC = (
     "onnxruntime",
     "int8",
-    "int8 matrix multiplications (VNNI): UNet step 2.05 s against optimum-onnx's 2.20 s in float32, text encoder "
-    "0.08 s against 0.15 s, peak RSS 3.9 GiB against 9.0, PSNR 53.5 dB (AMD EPYC, 2026-12-01)",
+    "int8 matrix multiplications and VAE decoder convolutions (VNNI): 10.3 s against optimum-onnx's 18.5 s in "
+    "float32 (1.80x), peak RSS 4.5 GiB against 9.0, PSNR 41.0 dB (AMD EPYC, 2026-12-02)",
 )
 _UNMEASURED = Policy(
     "no run on this class: OpenVINO first, as on every class measured",
@@ -71,8 +71,9 @@ POLICIES: dict[str, Policy] = {
             (
                 "onnxruntime",
                 "int8",
-                "int8 matrix multiplications: UNet step 20 % faster than fp32 at PSNR 53.5 dB (Xeon with AMX, "
-                "2026-11-25); ONNX Runtime has no bf16 path on x86",
+                "int8 matrix multiplications: UNet step 20 % faster than fp32 (Xeon with AMX, 2026-11-25); with the "
+                "VAE decoder's convolutions in int8 too, PSNR 41.0 dB (AMD EPYC, 2026-12-02); ONNX Runtime has no "
+                "bf16 path on x86",
             ),
             _TORCH,
         ),
