@@ -1,10 +1,10 @@
 """int8 quantization calibrated on what the pipeline itself feeds each component: NNCF for OpenVINO's int8-hybrid,
 ONNX Runtime's static quantization for the VAE decoder of the int8 ONNX graphs.
 
-int8-hybrid: every convolution and linear layer of the UNet (attention's projections included; attention's own products stay
-in the plugin's fused kernel) computes in int8, weights and activations, with activation ranges measured on UNet
-inputs recorded while turbo-runtime's own loop generates images from a few prompts with the freshly exported
-float32 artifacts. The linear layers' activations are smoothed first (SmoothQuant, NNCF's default for
+int8-hybrid: every convolution and linear layer of the UNet (attention's projections included; attention's own
+products stay in the plugin's fused kernel) computes in int8, weights and activations, with activation ranges
+measured on UNet inputs recorded while turbo-runtime's own loop generates images from a few prompts with the freshly
+exported float32 artifacts. The linear layers' activations are smoothed first (SmoothQuant, NNCF's default for
 transformers): per-channel outliers moved into the weights.
 The text encoders are quantized the same way on the prompts' tokens, and a tiny VAE's decoder (all convolutions)
 on the latents the loop hands it.
