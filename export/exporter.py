@@ -316,7 +316,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
     import numpy as np
     from tqdm import tqdm
 
-    from export.to_onnx import export_onnx, save_onnx
+    from export.to_onnx import export_onnx
     from export.to_openvino import export_openvino
     from export.verify import check_component, example_inputs
     from export.wrappers import load_model
@@ -412,11 +412,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
                 if fmt == "openvino":
                     quantize(tmp / "openvino" / f"{component}.xml", dataset, transformer=component != "vae_decoder")
                     continue
-                folder = tmp / "onnx" / component
-                graph = quantize_onnx_decoder(folder / "model.onnx", dataset)
-                for old in folder.iterdir():
-                    old.unlink()
-                written = save_onnx(graph, folder / "model.onnx")
+                written = quantize_onnx_decoder(tmp / "onnx" / component / "model.onnx", dataset)
                 components[component]["files"]["onnx"] = [str(p.relative_to(tmp)) for p in written]
         (tmp / MANIFEST).unlink()
         for component, inputs in first.items():

@@ -156,9 +156,10 @@ def onnxruntime_quantizer_quiet():
 ONNX_DECODER_FLOAT = ("/post_quant_conv/Conv", "/decoder/conv_in/Conv", "/decoder/conv_out/Conv")
 
 
-def quantize_onnx_decoder(path: Path, dataset: list[dict[str, np.ndarray]]):
-    """The float32 VAE decoder graph at `path` (a .onnx file) with its convolutions in int8, calibrated on
-    `dataset`, as an onnx.ModelProto (see the module's docstring)."""
+def quantize_onnx_decoder(path: Path, dataset: list[dict[str, np.ndarray]]) -> list[Path]:
+    """Rewrite the float32 VAE decoder graph at `path` (a .onnx file, alone in its folder with its external data)
+    with its convolutions in int8, calibrated on `dataset` (see the module's docstring); returns the files
+    written."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -167,6 +168,8 @@ def quantize_onnx_decoder(path: Path, dataset: list[dict[str, np.ndarray]]):
         QuantType,
         quantize_static,
     )
+
+    from export.to_onnx import save_onnx
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -202,4 +205,7 @@ def quantize_onnx_decoder(path: Path, dataset: list[dict[str, np.ndarray]]):
                 # One calibration call at a time: the decoder's activations of all of them at once would not fit.
                 extra_options={"CalibStridedMinMax": 1},
             )
-        return onnx.load(str(out), load_external_data=True)
+        graph = onnx.load(str(out), load_external_data=True)
+    for old in path.parent.iterdir():
+        old.unlink()
+    return save_onnx(graph, path)
