@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 CHECK_PROMPT = "a photograph of an astronaut riding a horse"
 # Bumped whenever the exported graphs change for the same source (e.g. a new rewrite): artifacts written by an
 # older exporter are rebuilt instead of reused.
-EXPORTER_REVISION = 6
+EXPORTER_REVISION = 7
 _EXPORT_EXTRA = 'pip install "turbo-runtime[export]"'
 _FORMAT_PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
 
@@ -100,23 +100,28 @@ def default_out(
 
 
 def _component_precision(component: str, fmt: str, precision: str, tiny_vae: bool) -> str:
-    # SD 2.x and SDXL VAEs overflow in float16 activations: the fp16 ONNX graph keeps the VAE in fp32. The int8
-    # ONNX graph quantizes matrix multiplications, of which a VAE (all convolutions) has next to none, and the
-    # model's own VAE decoder's convolutions, calibrated (export.quantize).
-    if fmt == "onnx" and precision in ("fp16", "int8") and component.startswith("vae"):
-        return "int8" if _calibrated(component, fmt, precision, tiny_vae) else "fp32"
-    if precision == "int8-hybrid" and not _quantized(component, tiny_vae):
+    if precision == "int8-hybrid":  # int8 weights for what it does not quantize in its activations
+        return precision if _quantized(component, tiny_vae) else "int8"
+    if _calibrated(component, fmt, precision, tiny_vae):
         return "int8"
+    # SD 2.x and SDXL VAEs overflow in float16 activations: the fp16 ONNX graph keeps the VAE in fp32. The int8
+    # ONNX graph quantizes matrix multiplications, of which a VAE (all convolutions) has next to none.
+    if fmt == "onnx" and precision in ("fp16", "int8") and component.startswith("vae"):
+        return "fp32"
+    # OpenVINO's int8 is its full-quality fp16 export with the decoder's convolutions in int8: int8 weights alone
+    # are decompressed at every call, slower than fp16 ones converted once (benchmarks/README.md, AMX fast path).
+    if fmt == "openvino" and precision == "int8":
+        return "fp16"
     return precision
 
 
 def _calibrated(component: str, fmt: str, precision: str, tiny_vae: bool) -> bool:
     """Whether the component is quantized with activation ranges recorded from the pipeline once every component
-    is exported (traced in float32 until then): int8-hybrid's (OpenVINO), and the int8 ONNX graph's VAE decoder
-    (the model's own; a tiny VAE's stays float32 there)."""
+    is exported (traced in float32 until then): int8-hybrid's (OpenVINO), and int8's VAE decoder, the model's own
+    (a tiny VAE's is not quantized), with its convolutions quantized by ONNX Runtime's quantizer for both formats."""
     if precision == "int8-hybrid":
         return _quantized(component, tiny_vae)
-    return fmt == "onnx" and precision == "int8" and component == "vae_decoder" and not tiny_vae
+    return precision == "int8" and component == "vae_decoder" and not tiny_vae
 
 
 def _quantized(component: str, tiny_vae: bool) -> bool:
@@ -249,8 +254,10 @@ def export_model(config: ExportConfig) -> Path:
     _require("torch", "diffusers", "transformers")
     for fmt in config.formats:
         _require(*_FORMAT_PACKAGES[fmt])
-    if config.precision.startswith("int8") and "openvino" in config.formats:
+    if config.precision == "int8-hybrid":
         _require("nncf")
+    if config.precision == "int8" and "openvino" in config.formats:  # ONNX Runtime's quantizer makes its decoder
+        _require(*_FORMAT_PACKAGES["onnx"])
     from export.sources import resolve, resolve_vae
 
     source = resolve(config.model, allow_pickle=config.allow_pickle, family=config.family)
@@ -312,12 +319,17 @@ def _umask() -> int:
     return 0o022
 
 
+def _onnx_aside(tmp: Path, component: str) -> Path:
+    """Where the float32 ONNX graph of an OpenVINO component quantized by ONNX Runtime's quantizer waits for it."""
+    return tmp / f".{component}-onnx"
+
+
 def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
     import numpy as np
     from tqdm import tqdm
 
     from export.to_onnx import export_onnx
-    from export.to_openvino import export_openvino
+    from export.to_openvino import export_openvino, ir_from_onnx
     from export.verify import check_component, example_inputs
     from export.wrappers import load_model
 
@@ -339,9 +351,15 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
             for fmt in config.formats:
                 bar.set_description(f"{component}: {fmt}")
                 precision[fmt] = _component_precision(component, fmt, config.precision, vae is not None)
+                calibrated = _calibrated(component, fmt, config.precision, vae is not None)
                 if fmt == "onnx":
-                    traced = "fp32" if _calibrated(component, fmt, precision[fmt], vae is not None) else precision[fmt]
+                    traced = "fp32" if calibrated else precision[fmt]
                     written = export_onnx(module, example, cio, tmp / "onnx" / component, traced)
+                elif calibrated and config.precision == "int8":
+                    # The float32 ONNX graph, which ONNX Runtime's quantizer takes, kept aside until it has been
+                    # calibrated; until then the IR is its float32 conversion.
+                    onnx_file = export_onnx(module, example, cio, _onnx_aside(tmp, component), "fp32")[0]
+                    written = ir_from_onnx(onnx_file, cio, tmp / "openvino" / f"{component}.xml")
                 else:
                     written = export_openvino(
                         module, example, cio, tmp / "openvino" / f"{component}.xml", precision[fmt]
@@ -356,7 +374,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
                 "precision": precision,
             }
             checks[component] = (module, example, cio, paths, precision)
-            if any(_calibrated(component, f, p, vae is not None) for f, p in precision.items()):
+            if any(_calibrated(component, f, config.precision, vae is not None) for f in precision):
                 continue  # checked once quantized, below
             bar.set_description(f"{component}: check")
             components[component]["parity"] = check_component(component, *checks[component])
@@ -385,9 +403,7 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
         }
 
     calibrated = {
-        fmt: tuple(
-            c for c, entry in components.items() if _calibrated(c, fmt, entry["precision"][fmt], vae is not None)
-        )
+        fmt: tuple(c for c in components if _calibrated(c, fmt, config.precision, vae is not None))
         for fmt in config.formats
     }
     if any(calibrated.values()):
@@ -409,11 +425,16 @@ def _export_into(tmp: Path, source, vae, config: ExportConfig) -> dict:
             backend = "openvino" if fmt == "openvino" else "onnxruntime"
             for component, dataset in calibration_inputs(tmp, quantized, backend, progress=not config.quiet).items():
                 first[component] = dataset[0]
-                if fmt == "openvino":
-                    quantize(tmp / "openvino" / f"{component}.xml", dataset, transformer=component != "vae_decoder")
-                    continue
-                written = quantize_onnx_decoder(tmp / "onnx" / component / "model.onnx", dataset)
-                components[component]["files"]["onnx"] = [str(p.relative_to(tmp)) for p in written]
+                xml = tmp / "openvino" / f"{component}.xml"
+                if config.precision == "int8-hybrid":
+                    quantize(xml, dataset, transformer=component != "vae_decoder")
+                elif fmt == "openvino":
+                    aside = _onnx_aside(tmp, component)
+                    ir_from_onnx(quantize_onnx_decoder(aside / "model.onnx", dataset)[0], checks[component][2], xml)
+                    shutil.rmtree(aside)
+                else:
+                    written = quantize_onnx_decoder(tmp / "onnx" / component / "model.onnx", dataset)
+                    components[component]["files"]["onnx"] = [str(p.relative_to(tmp)) for p in written]
         (tmp / MANIFEST).unlink()
         for component, inputs in first.items():
             module, _, cio, paths, precision = checks[component]

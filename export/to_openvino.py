@@ -40,19 +40,16 @@ def _quiet_converter():
 
 
 def export_openvino(module: torch.nn.Module, example: tuple, io: ComponentIO, xml: Path, precision: str) -> list[Path]:
-    """Write `xml` and its `.bin`; fp16 stores weights in float16, int8 compresses them with NNCF."""
+    """Write `xml` and its `.bin`; fp16 stores weights in float16, int8 compresses them to int8 with NNCF (what
+    int8-hybrid does to the components it does not quantize in their activations)."""
     import openvino as ov
 
     types = {"float32": ov.Type.f32, "int64": ov.Type.i64}
-    inputs = [(t.name, ov.PartialShape(list(t.shape)), types[t.dtype]) for t in io.inputs]
+    inputs = [(ov.PartialShape(list(t.shape)), types[t.dtype]) for t in io.inputs]
     with warnings.catch_warnings(), torch.no_grad(), _quiet_converter(), cpu_friendly(module, "openvino"):
         warnings.simplefilter("ignore")
-        model = ov.convert_model(module, example_input=example, input=[(s, ty) for _, s, ty in inputs])
-    _stable_names(model, xml.stem)
-    for port, (name, _, _) in zip(model.inputs, inputs):
-        port.get_tensor().set_names({name})
-    for port, spec in zip(model.outputs, io.outputs):
-        port.get_tensor().set_names({spec.name})
+        model = ov.convert_model(module, example_input=example, input=inputs)
+    _name(model, io, xml.stem)
     if precision == "int8":
         import logging
 
@@ -63,6 +60,28 @@ def export_openvino(module: torch.nn.Module, example: tuple, io: ComponentIO, xm
     xml.parent.mkdir(parents=True, exist_ok=True)
     save_ir(model, xml, compress_to_fp16=precision == "fp16")
     return [xml, xml.with_suffix(".bin")]
+
+
+def ir_from_onnx(onnx_file: Path, io: ComponentIO, xml: Path) -> list[Path]:
+    """Write `xml` and its `.bin` converted from the ONNX graph at `onnx_file`, its weights as stored there (a
+    quantized graph's int8 ones, with its Q/DQ pairs, which the CPU plugin runs as int8 operations)."""
+    import openvino as ov
+
+    with _quiet_converter():
+        model = ov.convert_model(str(onnx_file))
+    _name(model, io, xml.stem)
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    save_ir(model, xml, compress_to_fp16=False)
+    return [xml, xml.with_suffix(".bin")]
+
+
+def _name(model, io: ComponentIO, name: str) -> None:
+    """Stable operation names, and the manifest's names on the inputs and outputs."""
+    _stable_names(model, name)
+    for port, spec in zip(model.inputs, io.inputs):
+        port.get_tensor().set_names({spec.name})
+    for port, spec in zip(model.outputs, io.outputs):
+        port.get_tensor().set_names({spec.name})
 
 
 def save_ir(model, xml: Path, compress_to_fp16: bool) -> None:

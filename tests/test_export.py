@@ -222,6 +222,26 @@ def assert_int8_convolutions(onnx_file: Path, float_file: Path, tmp: Path) -> No
     assert (ops.count("QLinearConv"), ops.count("Conv")) == (len(convs) - floats, floats)
 
 
+def assert_openvino_int8_convolutions(xml: Path) -> None:
+    """OpenVINO's CPU plugin runs every convolution of the int8 VAE decoder on uint8 activations but the three kept
+    in float32 (export.quantize.ONNX_DECODER_FLOAT)."""
+    import openvino as ov
+
+    from export.quantize import ONNX_DECODER_FLOAT
+
+    runtime = ov.Core().compile_model(str(xml), "CPU").get_runtime_model()
+    convs = {
+        op.get_friendly_name(): op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in runtime.get_ordered_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+    }
+    floats = [name for name in convs if name.removesuffix("/WithoutBiases") in ONNX_DECODER_FLOAT]
+    assert len(floats) == len(ONNX_DECODER_FLOAT) and len(convs) > len(floats)
+    assert {name: precision in ("u8", "i8") for name, precision in convs.items()} == {
+        name: name not in floats for name in convs
+    }
+
+
 def assert_tables_compiled_in_float16(xml: Path) -> None:
     """A text encoder's lookup tables reach the CPU plugin's compiled model as float16: an int8 table in a
     quantized model is folded back into float32 when it compiles."""
@@ -272,8 +292,10 @@ def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artif
     assert manifest["precision"] == precision and manifest["formats"] == list(formats)
     for name, entry in manifest["components"].items():
         for fmt in formats:
-            expected = "fp32" if fmt == "onnx" and name.startswith("vae") else precision  # VAE float32 in ONNX...
-            if fmt == "onnx" and precision == "int8" and name == "vae_decoder":  # ...but int8's decoder, calibrated
+            expected = "fp32" if fmt == "onnx" and name.startswith("vae") else precision  # VAE float32 in ONNX
+            if precision == "int8" and fmt == "openvino":  # OpenVINO's int8: fp16 weights...
+                expected = "fp16"
+            if precision == "int8" and name == "vae_decoder":  # ...and int8's decoder calibrated, in both formats
                 expected = "int8"
             if precision == "int8-hybrid" and name.startswith("vae"):  # int8 weights (the model's own VAE)
                 expected = "int8"
@@ -293,6 +315,8 @@ def test_low_precision_exports_stay_within_their_tolerance(export_tiny, sd_artif
         assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "ConvInteger" not in ops
         decoder = Path("onnx", "vae_decoder", "model.onnx")
         assert_int8_convolutions(out / decoder, sd_artifacts / decoder, tmp_path)
+    if precision == "int8" and "openvino" in formats:
+        assert_openvino_int8_convolutions(out / "openvino" / "vae_decoder.xml")
     for fmt, backend in (("onnx", "onnxruntime"), ("openvino", "openvino")):
         if fmt in formats:
             low, ref = (

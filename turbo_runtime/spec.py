@@ -13,9 +13,9 @@ from turbo_runtime.errors import InputError
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 COMPONENTS = (*TEXT_ENCODERS, "unet", "vae_encoder", "vae_decoder")
 FORMATS = ("onnx", "openvino")
-# int8: int8 weights (OpenVINO), or dynamically quantized matrix multiplications and a VAE decoder with calibrated
-# int8 convolutions (ONNX); int8-hybrid: also the activations of the text encoders, the UNet and a tiny VAE's
-# decoder, calibrated (OpenVINO)
+# int8: the model's VAE decoder with int8 convolutions, calibrated, beside dynamically quantized matrix
+# multiplications (ONNX) or fp16 weights (OpenVINO); int8-hybrid: int8 weights and the activations of the text
+# encoders, the UNet and a tiny VAE's decoder, calibrated (OpenVINO)
 PRECISIONS = ("fp32", "fp16", "int8", "int8-hybrid")
 
 
