@@ -15,7 +15,9 @@ graph against the untouched PyTorch module. Measured on the SD-Turbo VAE decoder
   in memory. For OpenVINO it is one stride-2 transposed convolution (4x4 kernel). That form gains nothing on ONNX
   Runtime's CPU provider, so the ONNX graph computes the four output phases (even or odd row and column) as one
   2x2 convolution with four times the output channels and interleaves them (DepthToSpace). ONNX Runtime's graph
-  optimizer rejects the GroupNorm rewrite: the ONNX graph keeps the framework's group norm.
+  optimizer rejects the GroupNorm rewrite: the ONNX graph keeps the framework's group norm. The int8 VAE decoder
+  of OpenVINO's graphs goes through ONNX Runtime's quantizer, which quantizes convolutions: its ONNX graph has
+  the four phases and OpenVINO's group norms.
 """
 
 from __future__ import annotations
@@ -88,11 +90,14 @@ def _phase_bias(conv: nn.Conv2d) -> torch.Tensor | None:
     return None if conv.bias is None else conv.bias.repeat(4)
 
 
-# format -> the rewritten convolution's weights and bias (buffers, so that they trace as initializers), its forward
+# upsampler form -> the rewritten convolution's weights and bias (buffers, so that they trace as initializers), its
+# forward
 _UPSAMPLE = {
-    "openvino": (transposed_weights, lambda conv: conv.bias, _upsample_transposed),
-    "onnx": (phase_weights, _phase_bias, _upsample_phases),
+    "transposed": (transposed_weights, lambda conv: conv.bias, _upsample_transposed),
+    "phases": (phase_weights, _phase_bias, _upsample_phases),
 }
+# format -> its upsampler form and whether group norms are rewritten
+FORMAT_REWRITES = {"openvino": ("transposed", True), "onnx": ("phases", False)}
 
 
 def _upsample(rewritten):
@@ -122,13 +127,16 @@ def _is_plain_upsample(module: nn.Module) -> bool:
 
 
 @contextmanager
-def cpu_friendly(module: nn.Module, fmt: str):
+def cpu_friendly(module: nn.Module, fmt: str, group_norm: bool | None = None):
     """Within the block, `module`'s plain 2x upsamplers (and, for OpenVINO, its group norms) trace as their
-    CPU-friendly equivalents for the format `fmt` ("openvino" or "onnx")."""
-    weights, bias, rewritten = _UPSAMPLE[fmt]
+    CPU-friendly equivalents for the format `fmt` ("openvino" or "onnx"); `group_norm` overrides the format's
+    choice (an ONNX graph that OpenVINO will run)."""
+    upsample, norms = FORMAT_REWRITES[fmt]
+    norms = norms if group_norm is None else group_norm
+    weights, bias, rewritten = _UPSAMPLE[upsample]
     patched = []
     for sub in module.modules():
-        if isinstance(sub, nn.GroupNorm) and fmt == "openvino":
+        if isinstance(sub, nn.GroupNorm) and norms:
             sub.forward = types.MethodType(_group_norm, sub)
             patched.append(sub)
         elif _is_plain_upsample(sub):

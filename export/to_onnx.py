@@ -27,7 +27,9 @@ def _constants_to_initializers(model) -> None:
         graph.node.remove(node)
 
 
-def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_dir: Path, precision: str) -> list[Path]:
+def export_onnx(
+    module: torch.nn.Module, example: tuple, io: ComponentIO, out_dir: Path, precision: str, group_norm: bool = False
+) -> list[Path]:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` when large); returns the files written.
 
     fp16 converts the graph's float tensors to float16 while keeping float32 inputs and outputs, so the
@@ -36,14 +38,15 @@ def export_onnx(module: torch.nn.Module, example: tuple, io: ComponentIO, out_di
     Runtime. Convolutions stay float32 here: ONNX Runtime's dynamic integer convolution (ConvInteger) is slower on
     the CPU than float32; the VAE decoder's are quantized statically once the export has calibrated them
     (export.quantize).
-    Plain 2x upsamplers are traced as the convolution of their four output phases (export.rewrites).
+    Plain 2x upsamplers are traced as the convolution of their four output phases (export.rewrites); `group_norm`:
+    group norms as OpenVINO's graphs have them too, for a graph that OpenVINO will run.
     """
     import onnx
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".trace-") as tmp:
         traced = Path(tmp) / "model.onnx"
-        with warnings.catch_warnings(), torch.no_grad(), cpu_friendly(module, "onnx"):
+        with warnings.catch_warnings(), torch.no_grad(), cpu_friendly(module, "onnx", group_norm):
             warnings.simplefilter("ignore")  # tracer warnings about python control flow on static shapes
             torch.onnx.export(
                 module,
