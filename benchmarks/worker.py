@@ -29,6 +29,15 @@ def _emit(**event) -> None:
     sys.stdout.flush()
 
 
+def reported_precision(engine: str | None, exported: str, dtype: str | None) -> str:
+    """What the engine computes in, else the dtype asked for or the exported graph's precision; OpenVINO computes
+    an int8 export's unquantized part in its own precision: "bf16, int8 quantized"."""
+    exported = {"fp32": "float32"}.get(exported, exported)
+    if not engine:
+        return dtype or exported
+    return f"{engine}, {exported} quantized" if exported.startswith("int8") and engine != exported else engine
+
+
 class TurboSubject:
     def __init__(self, args):
         from turbo_runtime.pipeline import TurboPipeline
@@ -42,9 +51,8 @@ class TurboSubject:
             vae_encoder=False,
         )
         self.args = args
-        # What the engine computes in, else the exported graph's precision (ONNX: fp32, fp16 or int8)
-        exported = {"fp32": "float32"}.get(self.pipe.artifacts.precision, self.pipe.artifacts.precision)
-        self.precision = getattr(self.pipe.backend, "inference_precision", None) or args.dtype or exported
+        engine = getattr(self.pipe.backend, "inference_precision", None)
+        self.precision = reported_precision(engine, self.pipe.artifacts.precision, args.dtype)
 
     def run(self):
         import numpy as np

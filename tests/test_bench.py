@@ -15,6 +15,7 @@ import pytest
 from conftest import SIZE, run_cli
 
 from benchmarks.bench import MEMORY_MARGIN, Worker, WorkerFailed, fits_beside
+from benchmarks.worker import reported_precision
 from turbo_runtime.cpu import detect as detect_cpu
 
 
@@ -75,6 +76,21 @@ def test_bench_writes_json_table_and_chart(tmp_path):
     for r in report["results"].values():
         assert set(r["throughput"]) == {"text_encoder", "unet", "vae_decoder"}
     assert "UNet TFLOP/s" in table
+
+
+@pytest.mark.parametrize(
+    "engine,exported,dtype,reported",
+    [
+        ("bf16", "fp16", None, "bf16"),
+        ("bf16", "int8", None, "bf16, int8 quantized"),  # OpenVINO: bf16 beside the int8 VAE decoder
+        ("f32", "int8-hybrid", "float32", "f32, int8-hybrid quantized"),
+        ("int8", "int8", None, "int8"),  # ONNX Runtime reports the graph's own
+        (None, "fp32", None, "float32"),
+        (None, "fp16", "float16", "float16"),
+    ],
+)
+def test_the_reported_precision_names_what_was_quantized(engine, exported, dtype, reported):
+    assert reported_precision(engine, exported, dtype) == reported
 
 
 def test_grouping_by_peak_memory():
