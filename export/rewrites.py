@@ -90,14 +90,11 @@ def _phase_bias(conv: nn.Conv2d) -> torch.Tensor | None:
     return None if conv.bias is None else conv.bias.repeat(4)
 
 
-# upsampler form -> the rewritten convolution's weights and bias (buffers, so that they trace as initializers), its
-# forward
+# format -> the rewritten convolution's weights and bias (buffers, so that they trace as initializers), its forward
 _UPSAMPLE = {
-    "transposed": (transposed_weights, lambda conv: conv.bias, _upsample_transposed),
-    "phases": (phase_weights, _phase_bias, _upsample_phases),
+    "openvino": (transposed_weights, lambda conv: conv.bias, _upsample_transposed),
+    "onnx": (phase_weights, _phase_bias, _upsample_phases),
 }
-# format -> its upsampler form and whether group norms are rewritten
-FORMAT_REWRITES = {"openvino": ("transposed", True), "onnx": ("phases", False)}
 
 
 def _upsample(rewritten):
@@ -131,9 +128,8 @@ def cpu_friendly(module: nn.Module, fmt: str, group_norm: bool | None = None):
     """Within the block, `module`'s plain 2x upsamplers (and, for OpenVINO, its group norms) trace as their
     CPU-friendly equivalents for the format `fmt` ("openvino" or "onnx"); `group_norm` overrides the format's
     choice (an ONNX graph that OpenVINO will run)."""
-    upsample, norms = FORMAT_REWRITES[fmt]
-    norms = norms if group_norm is None else group_norm
-    weights, bias, rewritten = _UPSAMPLE[upsample]
+    norms = fmt == "openvino" if group_norm is None else group_norm
+    weights, bias, rewritten = _UPSAMPLE[fmt]
     patched = []
     for sub in module.modules():
         if isinstance(sub, nn.GroupNorm) and norms:
