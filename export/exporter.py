@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 CHECK_PROMPT = "a photograph of an astronaut riding a horse"
 # Bumped whenever the exported graphs change for the same source (e.g. a new rewrite): artifacts written by an
 # older exporter are rebuilt instead of reused.
-EXPORTER_REVISION = 7
+EXPORTER_REVISION = 8
 _EXPORT_EXTRA = 'pip install "turbo-runtime[export]"'
 _FORMAT_PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
 

@@ -205,7 +205,8 @@ def assert_int8_activations(xml: Path, linear_layers: bool = True) -> None:
 
 def assert_int8_convolutions(onnx_file: Path, float_file: Path, tmp: Path) -> None:
     """ONNX Runtime runs every convolution of the int8 VAE decoder as QLinearConv (int8 weights and activations)
-    but the three kept in float32 (export.quantize.ONNX_DECODER_FLOAT), which the float32 graph holds too."""
+    but the three kept in float32 (export.quantize.ONNX_DECODER_FLOAT), which the float32 graph holds too, and
+    interleaves each upsampler's phases in uint8: stacked by QLinearConcat, no float32 Concat left."""
     import onnx
     import onnxruntime as ort
 
@@ -217,9 +218,13 @@ def assert_int8_convolutions(onnx_file: Path, float_file: Path, tmp: Path) -> No
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # fuses Q/DQ pairs
     options.optimized_model_filepath = str(tmp / "optimized.onnx")
     ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    nodes = onnx.load(options.optimized_model_filepath).graph.node
+    ops = [n.op_type for n in nodes]
     floats = len(ONNX_DECODER_FLOAT)
     assert (ops.count("QLinearConv"), ops.count("Conv")) == (len(convs) - floats, floats)
+    producer = {out: n for n in nodes for out in n.output}
+    interleaved = [producer[producer[n.input[0]].input[0]].op_type for n in nodes if n.op_type == "DepthToSpace"]
+    assert interleaved == ["QLinearConcat"] * 3 and "Concat" not in ops  # (phases, reshaped) -> DepthToSpace
 
 
 def assert_openvino_int8_convolutions(xml: Path) -> None:
