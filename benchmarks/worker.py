@@ -29,10 +29,11 @@ def _emit(**event) -> None:
     sys.stdout.flush()
 
 
-def reported_precision(engine: str | None, exported: str, dtype: str | None) -> str:
+def reported_precision(engine: str | None, exported: str, dtype: str | None, fmt: str | None) -> str:
     """What the engine computes in, else the dtype asked for or the exported graph's precision; OpenVINO computes
-    an int8 export's unquantized part in its own precision: "bf16, int8 quantized"."""
-    exported = {"fp32": "float32"}.get(exported, exported)
+    an int8 export's unquantized part in its own precision: "bf16, int8 quantized". `fmt`: the export format the
+    backend reads, None for the torch backend, which computes from the source model (nothing quantized)."""
+    exported = {"fp32": "float32"}.get(exported, exported) if fmt else "float32"
     if not engine:
         return dtype or exported
     return f"{engine}, {exported} quantized" if exported.startswith("int8") and engine != exported else engine
@@ -52,7 +53,9 @@ class TurboSubject:
         )
         self.args = args
         engine = getattr(self.pipe.backend, "inference_precision", None)
-        self.precision = reported_precision(engine, self.pipe.artifacts.precision, args.dtype)
+        self.precision = reported_precision(
+            engine, self.pipe.artifacts.precision, args.dtype, self.pipe.backend.artifact_format
+        )
 
     def run(self):
         import numpy as np

@@ -79,18 +79,19 @@ def test_bench_writes_json_table_and_chart(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "engine,exported,dtype,reported",
+    "engine,exported,dtype,fmt,reported",
     [
-        ("bf16", "fp16", None, "bf16"),
-        ("bf16", "int8", None, "bf16, int8 quantized"),  # OpenVINO: bf16 beside the int8 VAE decoder
-        ("f32", "int8-hybrid", "float32", "f32, int8-hybrid quantized"),
-        ("int8", "int8", None, "int8"),  # ONNX Runtime reports the graph's own
-        (None, "fp32", None, "float32"),
-        (None, "fp16", "float16", "float16"),
+        ("bf16", "fp16", None, "openvino", "bf16"),
+        ("bf16", "int8", None, "openvino", "bf16, int8 quantized"),  # bf16 beside the int8 VAE decoder
+        ("f32", "int8-hybrid", "float32", "openvino", "f32, int8-hybrid quantized"),
+        ("int8", "int8", None, "onnx", "int8"),  # ONNX Runtime reports the graph's own
+        (None, "fp32", None, "onnx", "float32"),
+        (None, "fp16", "float16", "onnx", "float16"),
+        ("f32", "int8", None, None, "f32"),  # the torch backend computes from the source model
     ],
 )
-def test_the_reported_precision_names_what_was_quantized(engine, exported, dtype, reported):
-    assert reported_precision(engine, exported, dtype) == reported
+def test_the_reported_precision_names_what_was_quantized(engine, exported, dtype, fmt, reported):
+    assert reported_precision(engine, exported, dtype, fmt) == reported
 
 
 def test_grouping_by_peak_memory():
