@@ -68,6 +68,9 @@ _NO_PREPACKING = ("unet",)
 def _session_options(level: ort.GraphOptimizationLevel, threads: int | None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = level
+    # The saved optimized graph's node order, run as it lies, held the int8 VAE decoder's float32 group norm
+    # activations at its largest stage longer: 1.1 GiB at its peak against 0.9 when ordered by priority.
+    so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
