@@ -45,8 +45,8 @@ _ORT_WITHOUT_AMX = (
 _ORT_EPYC = (
     "onnxruntime",
     "int8",
-    "int8 matrix multiplications and VAE decoder convolutions (VNNI): 10.3 s against optimum-onnx's 18.5 s in "
-    "float32 (1.80x), peak RSS 4.5 GiB against 9.0, PSNR 41.0 dB (AMD EPYC, 2026-12-02)",
+    "int8 matrix multiplications and VAE decoder convolutions (VNNI): 8.8 s against optimum-onnx's 18.0 s in "
+    "float32 (2.05x), peak RSS 4.0 GiB against 8.6, PSNR 41.0 dB (AMD EPYC, 2026-12-02)",
 )
 _UNMEASURED = Policy(
     "no run on this class: OpenVINO first, as on every class measured",
