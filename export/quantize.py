@@ -162,8 +162,8 @@ def onnxruntime_quantizer_quiet():
 
 # The VAE decoder's convolutions left in float32 by quantize_onnx_decoder (names as torch.onnx traces them).
 ONNX_DECODER_FLOAT = ("/post_quant_conv/Conv", "/decoder/conv_in/Conv", "/decoder/conv_out/Conv")
-# What quantize_onnx_decoder quantizes: the convolutions, and the data movements the upsamplers' phases go through.
-ONNX_DECODER_QUANTIZED = ("Conv", "Slice", "Unsqueeze", "Concat", "Reshape", "DepthToSpace")
+# The data movements the upsamplers' phases go through, quantized by quantize_onnx_decoder beside the convolutions.
+PHASE_MOVES = ("Slice", "Unsqueeze", "Concat", "Reshape", "DepthToSpace")
 
 
 def quantize_onnx_decoder(path: Path, dataset: list[dict[str, np.ndarray]]) -> list[Path]:
@@ -194,7 +194,11 @@ def quantize_onnx_decoder(path: Path, dataset: list[dict[str, np.ndarray]]) -> l
         def __len__(self):
             return len(dataset)
 
-    convs = {n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "Conv"}
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    convs = {n.name for n in nodes if n.op_type == "Conv"}
+    # The upsamplers' moves only: calibration holds every quantized tensor of a call at once, and the group norms'
+    # reshapes, which ONNX Runtime would run the same either way, added 4 GB of them at 512x512.
+    moves = {n.name for n in nodes if n.op_type in PHASE_MOVES and "/upsamplers." in n.name}
     missing = [n for n in ONNX_DECODER_FLOAT if n not in convs]
     if missing:
         raise RuntimeError(f"the VAE decoder graph has no convolution named {missing[0]!r}")
@@ -206,7 +210,8 @@ def quantize_onnx_decoder(path: Path, dataset: list[dict[str, np.ndarray]]) -> l
                 out,
                 Reader(),
                 quant_format=QuantFormat.QDQ,  # ONNX Runtime fuses each DequantizeLinear-Conv-QuantizeLinear
-                op_types_to_quantize=list(ONNX_DECODER_QUANTIZED),
+                op_types_to_quantize=["Conv", *PHASE_MOVES],
+                nodes_to_quantize=sorted(convs | moves),
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
